@@ -1,0 +1,196 @@
+"""Task base class, the task registry, shared generators (keys, values, depths) and RULER's scorers."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+import unicodedata
+import uuid
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from ..errors import UnknownValueError
+from ..schema import BUCKETS, Cell, Sample
+from ..text.haystack import HaystackSource, builtin_source, corpus_source
+from ..text.languages import LANGUAGES, Language, load_language
+from ..text.tokens import PromptTokenizer
+
+DEPTH_GRID = 40  # RULER: needles at 40 evenly spaced depths
+
+
+@dataclass(frozen=True)
+class TextSources:
+    """User-supplied text: a corpus folder per language (replaces the prose haystack), a QA JSONL file."""
+
+    corpora: dict[str, str] = field(default_factory=dict)
+    qa_file: str | None = None
+
+    def __post_init__(self) -> None:
+        for code in self.corpora:
+            if code not in LANGUAGES:
+                raise UnknownValueError("language in corpora", code, LANGUAGES)
+
+    def haystack(self, language: Language, kind: str) -> HaystackSource:
+        if kind == "prose" and language.code in self.corpora:
+            return corpus_source(self.corpora[language.code], language)
+        return builtin_source(language, kind)
+
+
+# -- deterministic randomness ----------------------------------------------------------------
+def sample_rng(*parts: object) -> random.Random:
+    """A generator seeded from a string: stable across runs, processes and PYTHONHASHSEED."""
+    seed = hashlib.sha256(":".join(map(str, parts)).encode("utf-8")).digest()
+    return random.Random(int.from_bytes(seed[:16], "big"))
+
+
+def depth_for(index: int) -> float:
+    """Depth of sample `index`: the van der Corput sequence on RULER's 40-point grid.
+
+    Any prefix of samples covers the grid evenly, so the first k samples of a set of n are the
+    same prompts as a set of k (a `--limit` run still matches its baseline)."""
+    v, denom, i = 0.0, 1.0, index + 1
+    while i:
+        denom *= 2
+        v += (i % 2) / denom
+        i //= 2
+    return int(v * DEPTH_GRID) / (DEPTH_GRID - 1)
+
+
+def spread_depths(rng: random.Random, count: int) -> list[float]:
+    """`count` distinct depths from the grid (for the extra needles of multi-needle tasks)."""
+    return sorted(d / (DEPTH_GRID - 1) for d in rng.sample(range(DEPTH_GRID), count))
+
+
+def word_key(rng: random.Random, language: Language) -> str:
+    """RULER-style key: adjective-noun from the language's pools."""
+    return f"{rng.choice(language.pool('words', 'adjectives'))}-{rng.choice(language.pool('words', 'nouns'))}"
+
+
+def number_value(rng: random.Random) -> str:
+    return str(rng.randrange(1_000_000, 10_000_000))  # 7 digits, as RULER
+
+
+def uuid_value(rng: random.Random) -> str:
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+# -- scoring (RULER: strip, drop control characters, case-insensitive substring) --------------
+def normalize_prediction(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text).strip()
+    return "".join(ch for ch in text if unicodedata.category(ch)[0] != "C" or ch in "\n\t").casefold()
+
+
+def string_match_all(prediction: str, references: list[str]) -> float:
+    """RULER's metric for niah/vt/cwe/fwe: fraction of references found in the prediction."""
+    pred = normalize_prediction(prediction)
+    return sum(normalize_prediction(ref) in pred for ref in references) / len(references)
+
+
+def string_match_part(prediction: str, references: list[str]) -> float:
+    """RULER's metric for qa: 1 if any reference is found (references are paraphrases)."""
+    pred = normalize_prediction(prediction)
+    return float(any(normalize_prediction(ref) in pred for ref in references))
+
+
+def none_match(prediction: str, none_words: list[str]) -> float:
+    """OneRuler's strict niah_none: the language's 'none' word must appear and no number may."""
+    pred = normalize_prediction(prediction)
+    if re.search(r"\d", pred):
+        return 0.0
+    for word in none_words:
+        w = normalize_prediction(word)
+        # Word boundaries where the script has spaces ("none" must not match "nonetheless").
+        pattern = re.escape(w) if not w.isascii() or not w.isalpha() else rf"(?<!\w){re.escape(w)}(?!\w)"
+        if re.search(pattern, pred):
+            return 1.0
+    return 0.0
+
+
+# -- the task base class and registry -------------------------------------------------------
+class Task(ABC):
+    """A deterministic sample generator plus a scorer. Subclasses set the class attributes."""
+
+    name: ClassVar[str]
+    version: ClassVar[str]
+    family: ClassVar[str]
+    metric: ClassVar[str]  # "all", "part", "none" or "f1"
+    description: ClassVar[str]
+
+    def __init__(self, sources: TextSources | None = None):
+        self.sources = sources or TextSources()
+
+    @abstractmethod
+    def max_new_tokens(self, cell: Cell, tok: PromptTokenizer) -> int:
+        """The generation budget: big enough for a chatty instruct model to finish its answer."""
+
+    @abstractmethod
+    def build(self, cell: Cell, tok: PromptTokenizer, language: Language, seed: int, index: int) -> Sample:
+        """Sample `index` of the cell; must depend only on (version, cell, tokenizer, seed, index)."""
+
+    @abstractmethod
+    def score(self, sample: Sample, text: str) -> float:
+        """Score in [0, 1] of the model's answer `text` to `sample`."""
+
+    def sources_fingerprint(self, language: str) -> str:
+        """Identity of the user text this task reads for `language` (part of the sample cache key)."""
+        return "builtin"
+
+    def check_cell(self, cell: Cell) -> Language:
+        if cell.task != self.name:
+            raise ValueError(f"cell {cell.id} is for task {cell.task!r}, not {self.name!r}")
+        if cell.bucket not in BUCKETS.values():
+            raise UnknownValueError("bucket", cell.bucket, list(BUCKETS))
+        return load_language(cell.language)
+
+    def generate(self, cell: Cell, tok: PromptTokenizer, n: int, seed: int) -> list[Sample]:
+        language = self.check_cell(cell)
+        return [self.build(cell, tok, language, seed, i) for i in range(n)]
+
+    def rng(self, cell: Cell, seed: int, index: int, *extra: object) -> random.Random:
+        return sample_rng(self.name, self.version, cell.bucket, cell.language, seed, index, *extra)
+
+    def sample_id(self, cell: Cell, seed: int, index: int) -> str:
+        return f"{cell.id}-s{seed}-{index:04d}"
+
+
+_REGISTRY: dict[str, type[Task]] = {}
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    if cls.name in _REGISTRY:
+        raise ValueError(f"task {cls.name!r} registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def task_names() -> list[str]:
+    _load_builtin_tasks()
+    return list(_REGISTRY)
+
+
+def get_task(name: str, sources: TextSources | None = None) -> Task:
+    _load_builtin_tasks()
+    if name not in _REGISTRY:
+        raise UnknownValueError("task", name, list(_REGISTRY))
+    return _REGISTRY[name](sources)
+
+
+def _load_builtin_tasks() -> None:
+    from . import cwe, fwe, kv, niah, qa, vt  # noqa: F401  (registration side effect)
+
+
+def make_sample(task: Task, cell: Cell, seed: int, index: int, content: str, token_ids: list[int],
+                answers: list[str], max_new_tokens: int, **metadata: object) -> Sample:
+    metadata = {"task_version": task.version, "language": cell.language, "seed": seed, "index": index, **metadata}
+    return Sample(
+        id=task.sample_id(cell, seed, index),
+        cell=cell,
+        messages=[{"role": "user", "content": content}],
+        answers=answers,
+        prompt_token_ids=token_ids,
+        max_new_tokens=max_new_tokens,
+        metadata=metadata,
+    )
+

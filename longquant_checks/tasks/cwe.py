@@ -1,0 +1,132 @@
+"""Common words extraction (RULER cwe): name the 10 most frequent words of a long numbered list.
+
+RULER: 10 common words x30 among uncommon words x3, one worked example. Our per-language pools hold
+a few hundred words, fewer than a 128K list needs, so when the pool runs out both frequencies are
+scaled by the same factor (the 10:1 ratio and the answer stay the same); at 1K-2K, where 300 common
+items do not fit, they are scaled down (common stays strictly more frequent than uncommon).
+"""
+
+from __future__ import annotations
+
+
+
+from ..schema import Cell, Sample
+from ..text.fitting import FitError, fixed_cost, frame
+from ..text.languages import Language
+from ..text.tokens import PromptTokenizer
+from .base import Task, make_sample, register_task, string_match_all
+
+NUM_COMMON = 10
+FREQ_COMMON, FREQ_UNCOMMON = 30, 3
+_EXAMPLE_COMMON, _EXAMPLE_UNCOMMON = 2, 10  # the worked example: 10 words x2 + 10 words x1
+
+
+def _pool(language: Language) -> list[str]:
+    words, seen = [], set()
+    for name in ("nouns", "adjectives", "verbs"):
+        for w in language.pool("words", name):
+            if w.casefold() not in seen:
+                seen.add(w.casefold())
+                words.append(w)
+    return words
+
+
+def _numbered(words: list[str]) -> tuple[list[str], list[str]]:
+    """RULER's list format '1. word 2. word ...', as (number pieces, word pieces)."""
+    return [f"{' ' if i else ''}{i + 1}." for i in range(len(words))], [f" {w}" for w in words]
+
+
+@register_task
+class CommonWordsExtraction(Task):
+    name = "cwe"
+    family = "cwe"
+    version = "1"
+    metric = "all"
+    description = "common words extraction: the 10 words repeated most often in a numbered word list"
+
+    def max_new_tokens(self, cell: Cell, tok: PromptTokenizer) -> int:
+        return 128  # RULER: 120
+
+    def build(self, cell: Cell, tok: PromptTokenizer, language: Language, seed: int, index: int) -> Sample:
+        rng = self.rng(cell, seed, index)
+        pool = _pool(language)
+        rng.shuffle(pool)
+        example_common, example_other = pool[:NUM_COMMON], pool[NUM_COMMON:NUM_COMMON + _EXAMPLE_UNCOMMON]
+        common, uncommon = pool[2 * NUM_COMMON:3 * NUM_COMMON], pool[3 * NUM_COMMON:]
+
+        example_words = example_common * _EXAMPLE_COMMON + example_other
+        rng.shuffle(example_words)
+        nums, words = _numbered(example_words)
+        example = (
+            language.fill("cwe", "instruction") + "\n\n" + "".join(n + w for n, w in zip(nums, words)) + "\n\n"
+            + language.fill("cwe", "question", count=NUM_COMMON) + "\n"
+            + language.fill("cwe", "answer", count=NUM_COMMON, words=language.join_list(example_common))
+        )
+        head = example + "\n\n" + language.fill("cwe", "instruction") + "\n\n"
+        tail = "\n\n" + language.fill("cwe", "question", count=NUM_COMMON)
+        room = cell.bucket - self.max_new_tokens(cell, tok) - fixed_cost(tok, head, tail)
+
+        word_len = dict(zip(common + uncommon, map(len, tok.encode_many([f" {w}" for w in common + uncommon]))))
+        number_len = _NumberLengths(tok)
+        avg_word = sum(word_len.values()) / len(word_len)
+        items_fit, used = 0, 0.0
+        while used + number_len(items_fit + 1) + avg_word <= room:  # how many list items fit, roughly
+            items_fit += 1
+            used += number_len(items_fit) + avg_word
+        freq_c, freq_u = FREQ_COMMON, FREQ_UNCOMMON
+        if NUM_COMMON * freq_c > items_fit / 2:  # short buckets: scale down, keep common > uncommon
+            freq_c = max(2, items_fit // (2 * NUM_COMMON))
+            freq_u = max(1, freq_c // 10)
+        elif items_fit > NUM_COMMON * freq_c + freq_u * len(uncommon):  # pool too small: scale both, keep 10:1
+            freq_u = items_fit // (NUM_COMMON * 10 + len(uncommon))
+            freq_c = 10 * freq_u
+
+        chosen: list[str] = []
+        total = 0
+
+        def add(word: str, times: int) -> bool:
+            nonlocal total
+            cost = sum(number_len(len(chosen) + 1 + t) for t in range(times)) + times * word_len[word]
+            if total + cost > room:
+                return False
+            chosen.extend([word] * times)
+            total += cost
+            return True
+
+        for word in common:
+            if not add(word, freq_c):
+                raise FitError(f"{cell.id}: the {NUM_COMMON} common words x{freq_c} do not fit {room} tokens")
+        counts = dict.fromkeys(uncommon, 0)
+        for word in uncommon:  # uncommon words at their frequency while they fit
+            if not add(word, freq_u):
+                break
+            counts[word] = freq_u
+        added = True
+        while added:  # then single extra occurrences to fill the bucket, staying well below common
+            added = False
+            for word in uncommon:
+                if counts[word] < max(2 * freq_u, 1) and add(word, 1):
+                    counts[word] += 1
+                    added = True
+        rng.shuffle(chosen)
+        nums, words = _numbered(chosen)
+        pieces = [p for pair in zip(nums, words) for p in pair]
+        content, ids = frame(tok, head, pieces, tok.encode_many(pieces), tail)
+        return make_sample(self, cell, seed, index, content, ids, list(common), self.max_new_tokens(cell, tok),
+                           freq_common=freq_c, freq_uncommon=freq_u, list_length=len(chosen))
+
+    def score(self, sample: Sample, text: str) -> float:
+        return string_match_all(text, sample.answers)
+
+
+class _NumberLengths:
+    """Token length of the list number ' {i}.' (cached; the first has no leading space)."""
+
+    def __init__(self, tok: PromptTokenizer):
+        self.tok = tok
+
+    def __call__(self, i: int) -> int:
+        return len(self.tok.encode_many([f"{' ' if i > 1 else ''}{i}."])[0])
+
+
+

@@ -1,0 +1,143 @@
+"""Needle-in-a-haystack families: RULER's eight plus OneRuler's niah_none."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Iterator
+
+from ..schema import Cell, Sample
+from ..text.fitting import Insert, assemble
+from ..text.languages import Language
+from ..text.tokens import PromptTokenizer
+from .base import (
+    Task, depth_for, make_sample, none_match, number_value, register_task, spread_depths,
+    string_match_all, uuid_value, word_key,
+)
+
+
+@dataclass(frozen=True)
+class NiahSpec:
+    haystack: str  # "noise" (RULER's repeated sentences), "prose" (native text), "needle" (distractor needles)
+    key_kind: str  # "word" (adjective-noun) or "uuid"
+    value_kind: str  # "number" (7 digits) or "uuid"
+    num_keys: int = 1  # needles with distinct keys; the first `num_queries` are asked
+    num_values: int = 1  # values hidden for each asked key
+    num_queries: int = 1
+    absent: bool = False  # niah_none: the asked key is not in the text; the answer is "none"
+
+
+class NiahTask(Task):
+    family = "niah"
+    version = "1"
+    spec: NiahSpec
+
+    def max_new_tokens(self, cell: Cell, tok: PromptTokenizer) -> int:
+        return 128  # RULER's budget; a chatty answer with 4 UUIDs needs ~120 tokens
+
+    def _key(self, rng: random.Random, language: Language) -> str:
+        return uuid_value(rng) if self.spec.key_kind == "uuid" else word_key(rng, language)
+
+    def _value(self, rng: random.Random) -> str:
+        return uuid_value(rng) if self.spec.value_kind == "uuid" else number_value(rng)
+
+    def _distinct_keys(self, rng: random.Random, language: Language, count: int) -> list[str]:
+        keys: list[str] = []
+        while len(keys) < count:
+            key = self._key(rng, language)
+            if key not in keys:
+                keys.append(key)
+        return keys
+
+    def _distractor_needles(self, rng: random.Random, language: Language, taken_keys: set[str],
+                            taken_values: set[str]) -> Iterator[str]:
+        while True:
+            key = self._key(rng, language)
+            value = self._value(rng)
+            if key in taken_keys or value in taken_values:
+                continue
+            yield language.sentence_join + language.fill("niah", self.spec.value_kind, "needle", key=key, value=value)
+
+    def build(self, cell: Cell, tok: PromptTokenizer, language: Language, seed: int, index: int) -> Sample:
+        spec = self.spec
+        rng = self.rng(cell, seed, index)
+        kind = spec.value_kind
+        # niah_none: one extra key is drawn and asked but never hidden.
+        keys = self._distinct_keys(rng, language, spec.num_keys + (1 if spec.absent else 0))
+        asked = keys[: spec.num_queries]
+        hidden_keys = keys[1:] if spec.absent else keys
+        values: dict[str, list[str]] = {}
+        used_values: set[str] = set()
+        for key in hidden_keys:
+            per_key = spec.num_values if key in asked else 1
+            values[key] = []
+            while len(values[key]) < per_key:
+                value = self._value(rng)
+                if value not in used_values:
+                    used_values.add(value)
+                    values[key].append(value)
+        needles = [(key, value) for key in hidden_keys for value in values[key]]
+        depths = [depth_for(index)] + spread_depths(rng, len(needles) - 1) if needles else []
+        rng.shuffle(needles)  # which needle sits at the sample's own depth varies too
+        inserts = [
+            Insert(language.sentence_join + language.fill("niah", kind, "needle", key=k, value=v), d,
+                   tag=f"needle:{k}")
+            for (k, v), d in zip(needles, depths)
+        ]
+        if spec.haystack == "needle":
+            filler = self._distractor_needles(rng, language, set(keys), used_values)
+            cache = False
+        else:
+            filler = self.sources.haystack(language, spec.haystack).units(rng)
+            cache = True
+        if spec.num_queries > 1:
+            question = language.fill("niah", kind, "question_multi", keys=language.join_list(asked))
+        elif spec.num_values > 1:
+            question = language.fill("niah", kind, "question_all", key=asked[0])
+        else:
+            question = language.fill("niah", kind, "question", key=asked[0])
+        if spec.absent:
+            question += " " + language.fill("niah", kind, "none_clause", key=asked[0], none=language.none_word)
+        head = language.fill("niah", kind, "instruction") + "\n\n"
+        tail = "\n\n" + question
+        budget = cell.bucket - self.max_new_tokens(cell, tok)
+        built = assemble(tok, head, tail, inserts, filler, budget, cache_filler=cache)
+        answers = list(language.none) if spec.absent else [v for key in asked for v in values[key]]
+        return make_sample(
+            self, cell, seed, index, built.content, built.token_ids, answers, self.max_new_tokens(cell, tok),
+            keys=asked, needles=[{"key": k, "value": v} for k, v in needles], positions=built.positions,
+            depth=depths[0] if depths else None, haystack=spec.haystack, context_tokens=built.context_tokens,
+        )
+
+    def score(self, sample: Sample, text: str) -> float:
+        if self.spec.absent:
+            return none_match(text, sample.answers)
+        return string_match_all(text, sample.answers)
+
+
+def _niah(name: str, spec: NiahSpec, description: str) -> type[NiahTask]:
+    cls = type(f"Niah_{name}", (NiahTask,), {
+        "name": name, "spec": spec, "description": description,
+        "metric": "none" if spec.absent else "all",
+    })
+    return register_task(cls)
+
+
+_niah("niah_single_1", NiahSpec("noise", "word", "number"),
+      "one word key -> 7-digit number in RULER's repeated noise sentences")
+_niah("niah_single_2", NiahSpec("prose", "word", "number"),
+      "one word key -> 7-digit number in native prose")
+_niah("niah_single_3", NiahSpec("prose", "word", "uuid"),
+      "one word key -> UUID in native prose")
+_niah("niah_multikey_1", NiahSpec("prose", "word", "number", num_keys=4),
+      "4 needles with different keys in prose; one key is asked")
+_niah("niah_multikey_2", NiahSpec("needle", "word", "number"),
+      "the haystack is made of distractor needles with other word keys")
+_niah("niah_multikey_3", NiahSpec("needle", "uuid", "uuid"),
+      "UUID key -> UUID value among distractor needles with UUID keys and values")
+_niah("niah_multivalue", NiahSpec("prose", "word", "number", num_values=4),
+      "4 values hidden for one key; all must be recalled")
+_niah("niah_multiquery", NiahSpec("prose", "word", "number", num_keys=4, num_queries=4),
+      "4 keys hidden and all 4 asked")
+_niah("niah_none", NiahSpec("prose", "word", "number", num_keys=4, absent=True),
+      "OneRuler: 4 distractor needles, the asked key is absent; correct answer is the word for 'none'")
