@@ -134,8 +134,11 @@ class Task(ABC):
         """Score in [0, 1] of the model's answer `text` to `sample`."""
 
     def sources_fingerprint(self, language: str) -> str:
-        """Identity of the user text this task reads for `language` (part of the sample cache key)."""
-        return "builtin"
+        """Identity of the text this task reads for `language` (part of the sample cache key)."""
+        lang = load_language(language)
+        if language in self.sources.corpora:
+            return hashlib.sha256((lang.fingerprint + self.sources.haystack(lang, "prose").fingerprint).encode()).hexdigest()
+        return lang.fingerprint
 
     def check_cell(self, cell: Cell) -> Language:
         if cell.task != self.name:

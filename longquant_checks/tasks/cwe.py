@@ -10,6 +10,8 @@ from __future__ import annotations
 
 
 
+import numpy as np
+
 from ..schema import Cell, Sample
 from ..text.fitting import FitError, fixed_cost, frame
 from ..text.languages import Language
@@ -33,7 +35,7 @@ def _pool(language: Language) -> list[str]:
 
 def _numbered(words: list[str]) -> tuple[list[str], list[str]]:
     """RULER's list format '1. word 2. word ...', as (number pieces, word pieces)."""
-    return [f"{' ' if i else ''}{i + 1}." for i in range(len(words))], [f" {w}" for w in words]
+    return [f"{' ' if i else chr(10) * 2}{i + 1}." for i in range(len(words))], [f" {w}" for w in words]
 
 
 @register_task
@@ -58,21 +60,22 @@ class CommonWordsExtraction(Task):
         rng.shuffle(example_words)
         nums, words = _numbered(example_words)
         example = (
-            language.fill("cwe", "instruction") + "\n\n" + "".join(n + w for n, w in zip(nums, words)) + "\n\n"
+            language.fill("cwe", "instruction") + "".join(n + w for n, w in zip(nums, words)) + "\n\n"
             + language.fill("cwe", "question", count=NUM_COMMON) + "\n"
             + language.fill("cwe", "answer", count=NUM_COMMON, words=language.join_list(example_common))
         )
-        head = example + "\n\n" + language.fill("cwe", "instruction") + "\n\n"
+        head = example + "\n\n" + language.fill("cwe", "instruction")
         tail = "\n\n" + language.fill("cwe", "question", count=NUM_COMMON)
         room = cell.bucket - self.max_new_tokens(cell, tok) - fixed_cost(tok, head, tail)
 
         word_len = dict(zip(common + uncommon, map(len, tok.encode_many([f" {w}" for w in common + uncommon]))))
-        number_len = _NumberLengths(tok)
         avg_word = sum(word_len.values()) / len(word_len)
-        items_fit, used = 0, 0.0
-        while used + number_len(items_fit + 1) + avg_word <= room:  # how many list items fit, roughly
-            items_fit += 1
-            used += number_len(items_fit) + avg_word
+        typical_number = len(tok.encode(f" {max(room // 8, 2)}."))
+        max_items = int(1.25 * room / (avg_word + typical_number)) + 64  # a safe upper bound on list length
+        # cum_number[i]: tokens of the list numbers 1..i ("\n\n1." then " 2.", " 3.", ...)
+        cum_number = np.concatenate([[0], np.cumsum([len(ids) for ids in tok.encode_many(
+            ["\n\n1."] + [f" {i}." for i in range(2, max_items + 1)])])])
+        items_fit = int(np.searchsorted(cum_number + avg_word * np.arange(len(cum_number)), room, side="right")) - 1
         freq_c, freq_u = FREQ_COMMON, FREQ_UNCOMMON
         if NUM_COMMON * freq_c > items_fit / 2:  # short buckets: scale down, keep common > uncommon
             freq_c = max(2, items_fit // (2 * NUM_COMMON))
@@ -86,7 +89,10 @@ class CommonWordsExtraction(Task):
 
         def add(word: str, times: int) -> bool:
             nonlocal total
-            cost = sum(number_len(len(chosen) + 1 + t) for t in range(times)) + times * word_len[word]
+            n = len(chosen)
+            if n + times > max_items:
+                return False
+            cost = int(cum_number[n + times] - cum_number[n]) + times * word_len[word]
             if total + cost > room:
                 return False
             chosen.extend([word] * times)
@@ -117,16 +123,4 @@ class CommonWordsExtraction(Task):
 
     def score(self, sample: Sample, text: str) -> float:
         return string_match_all(text, sample.answers)
-
-
-class _NumberLengths:
-    """Token length of the list number ' {i}.' (cached; the first has no leading space)."""
-
-    def __init__(self, tok: PromptTokenizer):
-        self.tok = tok
-
-    def __call__(self, i: int) -> int:
-        return len(self.tok.encode_many([f"{' ' if i > 1 else ''}{i}."])[0])
-
-
 

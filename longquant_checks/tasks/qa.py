@@ -76,9 +76,13 @@ class QATask(Task):
         return 64  # RULER: 32, with "Answer:" prefilled; chat models often answer in a full sentence
 
     def sources_fingerprint(self, language: str) -> str:
+        base = super().sources_fingerprint(language)
         if not self.sources.qa_file:
-            return "builtin"
-        return hashlib.sha256(Path(self.sources.qa_file).expanduser().read_bytes()).hexdigest()
+            return base
+        path = Path(self.sources.qa_file).expanduser()
+        if not path.is_file():
+            raise SourceError(f"QA file not found: {path} (expected JSONL with documents, question, answers)")
+        return hashlib.sha256(base.encode() + path.read_bytes()).hexdigest()
 
     # -- synthetic documents ---------------------------------------------------------------
     def _entity(self, rng: random.Random, language: Language, kind: str, exclude: set[str]) -> str:

@@ -7,6 +7,7 @@ file and the key instead of surfacing as a strange prompt at 128K tokens.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import string
@@ -78,6 +79,7 @@ class Language:
     list_last: str
     none: tuple[str, ...]
     data: dict[str, Any]
+    fingerprint: str  # sha256 of the language file: prompts change when it does
 
     def template(self, *path: str) -> str:
         node: Any = self.data
@@ -190,8 +192,9 @@ def load_language(code: str) -> Language:
     path = _language_dir() / f"{code}.json"
     if not path.is_file():
         raise LanguageDataError(f"language data file {path} is missing")
+    raw = path.read_bytes()
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise LanguageDataError(f"{path}: not valid UTF-8 JSON: {exc}") from exc
     validate_language_data(data, str(path))
@@ -206,6 +209,7 @@ def load_language(code: str) -> Language:
         list_last=data["list_last"],
         none=tuple(data["none"]),
         data=data,
+        fingerprint=hashlib.sha256(raw).hexdigest(),
     )
 
 

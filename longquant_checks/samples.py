@@ -1,0 +1,70 @@
+"""The samples stage: generate a cell's prompts, cached on disk by everything that determines them.
+
+Cache key: (task, task version, cell, tokenizer fingerprint, n, seed, text-source fingerprint), so a
+repeated run loads byte-identical prompts instead of rebuilding them, and any change to the task,
+the tokenizer, the language data or a user corpus builds a fresh set.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .schema import Cell, Sample
+from .storage import cache_dir, write_bytes_atomic
+from .tasks.base import Task
+from .text.tokens import PromptTokenizer
+
+_FORMAT = 1
+
+
+def cache_key(task: Task, cell: Cell, tok: PromptTokenizer, n: int, seed: int) -> str:
+    parts = [str(_FORMAT), task.name, task.version, cell.id, tok.fingerprint, str(n), str(seed),
+             task.sources_fingerprint(cell.language)]
+    return hashlib.sha256("\x00".join(parts).encode("utf-8")).hexdigest()
+
+
+def cache_path(task: Task, cell: Cell, tok: PromptTokenizer, n: int, seed: int) -> Path:
+    key = cache_key(task, cell, tok, n, seed)
+    return cache_dir("samples", f"{task.name}-v{task.version}") / f"{cell.id}-n{n}-s{seed}-{key[:20]}.jsonl.gz"
+
+
+def _encode(sample: Sample) -> dict:
+    ids = base64.b64encode(np.asarray(sample.prompt_token_ids, dtype="<u4").tobytes()).decode("ascii")
+    return {"id": sample.id, "cell": [sample.cell.task, sample.cell.bucket, sample.cell.language],
+            "messages": sample.messages, "answers": sample.answers, "ids": ids,
+            "max_new_tokens": sample.max_new_tokens, "metadata": sample.metadata,
+            "prompt_sha256": sample.prompt_sha256}
+
+
+def _decode(obj: dict) -> Sample:
+    ids = np.frombuffer(base64.b64decode(obj["ids"]), dtype="<u4").tolist()
+    sample = Sample(id=obj["id"], cell=Cell(*obj["cell"]), messages=obj["messages"], answers=obj["answers"],
+                    prompt_token_ids=ids, max_new_tokens=obj["max_new_tokens"], metadata=obj["metadata"])
+    if sample.prompt_sha256 != obj["prompt_sha256"]:
+        raise ValueError(f"cached sample {obj['id']} is corrupt (prompt hash mismatch)")
+    return sample
+
+
+def load_or_generate(task: Task, cell: Cell, tok: PromptTokenizer, n: int, seed: int,
+                     use_cache: bool = True) -> tuple[list[Sample], bool]:
+    """The cell's samples and whether they came from the cache."""
+    path = cache_path(task, cell, tok, n, seed) if use_cache else None
+    if path is not None and path.is_file():
+        try:
+            with gzip.open(path, "rt", encoding="utf-8") as fh:
+                samples = [_decode(json.loads(line)) for line in fh]
+            if len(samples) == n:
+                return samples, True
+        except (OSError, ValueError, KeyError, EOFError):
+            pass  # unreadable entry: rebuild it below and overwrite
+    samples = task.generate(cell, tok, n, seed)
+    if path is not None:
+        payload = "".join(json.dumps(_encode(s), ensure_ascii=False) + "\n" for s in samples)
+        write_bytes_atomic(path, gzip.compress(payload.encode("utf-8"), compresslevel=3, mtime=0))
+    return samples, False
