@@ -67,6 +67,10 @@ class CommonWordsExtraction(Task):
         head = example + "\n\n" + language.fill("cwe", "instruction")
         tail = "\n\n" + language.fill("cwe", "question", count=NUM_COMMON)
         room = cell.bucket - self.max_new_tokens(cell, tok) - fixed_cost(tok, head, tail)
+        with_example = room >= 0.4 * cell.bucket
+        if not with_example:  # scripts that take many tokens per word, at 1K-2K: no room for the example
+            head = language.fill("cwe", "instruction")
+            room = cell.bucket - self.max_new_tokens(cell, tok) - fixed_cost(tok, head, tail)
 
         word_len = dict(zip(common + uncommon, map(len, tok.encode_many([f" {w}" for w in common + uncommon]))))
         avg_word = sum(word_len.values()) / len(word_len)
@@ -114,12 +118,25 @@ class CommonWordsExtraction(Task):
                 if counts[word] < max(2 * freq_u, 1) and add(word, 1):
                     counts[word] += 1
                     added = True
+        # A list item costs 4-7 tokens, so up to that much room can remain: close it by swapping single
+        # occurrences for unused words that take more tokens (frequencies stay as they are).
+        while total < room:
+            unused = [w for w in uncommon if counts[w] == 0]
+            swaps = [(word_len[new] - word_len[old], old, new) for old in uncommon if counts[old] == 1
+                     for new in unused if 0 < word_len[new] - word_len[old] <= room - total]
+            if not swaps:
+                break
+            gain, old, new = max(swaps)
+            chosen[chosen.index(old)] = new
+            counts[old], counts[new] = 0, 1
+            total += gain
         rng.shuffle(chosen)
         nums, words = _numbered(chosen)
         pieces = [p for pair in zip(nums, words) for p in pair]
         content, ids = frame(tok, head, pieces, tok.encode_many(pieces), tail)
         return make_sample(self, cell, seed, index, content, ids, list(common), self.max_new_tokens(cell, tok),
-                           freq_common=freq_c, freq_uncommon=freq_u, list_length=len(chosen))
+                           freq_common=freq_c, freq_uncommon=freq_u, list_length=len(chosen),
+                           worked_example=with_example)
 
     def score(self, sample: Sample, text: str) -> float:
         return string_match_all(text, sample.answers)

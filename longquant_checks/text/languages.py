@@ -17,6 +17,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..errors import LongquantError
+
 LANGUAGES: tuple[str, ...] = (
     "cs", "da", "de", "en", "es", "fa", "fi", "fr", "hi", "hu", "it", "ja", "ko",
     "nl", "no", "pl", "pt", "ru", "sr", "st", "sv", "sw", "ta", "uk", "vi", "zh",
@@ -65,7 +67,7 @@ _MIN_POOL = {
 _ENTITY_TYPES = {"person", "org", "city", "profession"}
 
 
-class LanguageDataError(ValueError):
+class LanguageDataError(LongquantError, ValueError):
     """A language file is missing, malformed or incomplete."""
 
 
