@@ -45,17 +45,19 @@ def sample_rng(*parts: object) -> random.Random:
     return random.Random(int.from_bytes(seed[:16], "big"))
 
 
-def depth_for(index: int) -> float:
-    """Depth of sample `index`: the van der Corput sequence on RULER's 40-point grid.
+def _bit_reversed(i: int, bits: int) -> int:
+    return int(format(i, f"0{bits}b")[::-1], 2)
 
-    Any prefix of samples covers the grid evenly, so the first k samples of a set of n are the
-    same prompts as a set of k (a `--limit` run still matches its baseline)."""
-    v, denom, i = 0.0, 1.0, index + 1
-    while i:
-        denom *= 2
-        v += (i % 2) / denom
-        i //= 2
-    return int(v * DEPTH_GRID) / (DEPTH_GRID - 1)
+
+# The grid points in bit-reversal (van der Corput) order: each prefix is spread over the whole range.
+_DEPTH_ORDER = [g for g in (_bit_reversed(i, 6) for i in range(64)) if g < DEPTH_GRID]
+
+
+def depth_for(index: int) -> float:
+    """Depth of sample `index`: every point of RULER's 40-point grid once per 40 samples, in an order
+    where any prefix is spread evenly. So the first k samples of a set of n are the same prompts as a
+    set of k (a `--limit` run still matches its baseline)."""
+    return _DEPTH_ORDER[index % DEPTH_GRID] / (DEPTH_GRID - 1)
 
 
 def spread_depths(rng: random.Random, count: int) -> list[float]:
@@ -181,7 +183,8 @@ def get_task(name: str, sources: TextSources | None = None) -> Task:
 
 
 def _load_builtin_tasks() -> None:
-    from . import cwe, fwe, kv, niah, qa, vt  # noqa: F401  (registration side effect)
+    # Imported for their registration, in RULER's order (the order of the plan and reports).
+    from . import niah, vt, cwe, fwe, qa, kv  # noqa: F401, I001
 
 
 def make_sample(task: Task, cell: Cell, seed: int, index: int, content: str, token_ids: list[int],
