@@ -1,0 +1,82 @@
+"""transformers engine: greedy generate on token-id prompts, batched with left padding.
+
+The prompts arrive as token ids (chat template included), so nothing is re-tokenized here.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from typing import Sequence
+
+from ..schema import Sample
+from .base import EngineInfo, Output
+
+
+class HFEngine:
+    def __init__(self, model_path: str, dtype: str = "bfloat16", device: str | None = None, batch_size: int = 4,
+                 trust_remote_code: bool = False, max_model_len: int | None = None):
+        import torch
+        import transformers
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self._torch = torch
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code, use_safetensors=True
+        ).to(self.device).eval()
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        config = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
+        self.max_model_len = max_model_len or getattr(config, "max_position_embeddings", 0)
+        self.batch_size = batch_size
+        self.info = EngineInfo("hf", transformers.__version__,
+                               {"dtype": dtype, "batch_size": batch_size, "torch": torch.__version__}, self.device)
+
+    def __enter__(self) -> "HFEngine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        del self.model
+        gc.collect()
+        if self.device.startswith("cuda"):
+            self._torch.cuda.empty_cache()
+
+    def generate(self, samples: Sequence[Sample], max_new_tokens: int | None = None) -> list[Output]:
+        torch = self._torch
+        outputs: list[Output] = []
+        # Similar lengths together keep padding small; results are returned in the input order.
+        order = sorted(range(len(samples)), key=lambda i: samples[i].n_tokens)
+        by_index: dict[int, Output] = {}
+        for start in range(0, len(order), self.batch_size):
+            batch = [samples[i] for i in order[start:start + self.batch_size]]
+            budget = max_new_tokens or max(s.max_new_tokens for s in batch)
+            width = max(s.n_tokens for s in batch)
+            input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, s in enumerate(batch):
+                input_ids[row, width - s.n_tokens:] = torch.tensor(s.prompt_token_ids)
+                attention[row, width - s.n_tokens:] = 1
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                generated = self.model.generate(
+                    input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device),
+                    max_new_tokens=budget, do_sample=False, pad_token_id=self.pad_id,
+                )
+            seconds = (time.perf_counter() - t0) / len(batch)
+            eos = self.model.generation_config.eos_token_id
+            eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
+            for row, s in enumerate(batch):
+                new = generated[row, width:].tolist()
+                finish = "length"
+                for k, tid in enumerate(new):
+                    if tid in eos_ids:
+                        new, finish = new[:k], "stop"
+                        break
+                limit = max_new_tokens or s.max_new_tokens
+                if len(new) > limit:  # a batch-mate had a larger budget
+                    new, finish = new[:limit], "length"
+                text = self.tokenizer.decode(new, skip_special_tokens=True)
+                by_index[order[start + row]] = Output(s.id, text, s.n_tokens, len(new), seconds, finish)
+        outputs = [by_index[i] for i in range(len(samples))]
+        return outputs
