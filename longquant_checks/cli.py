@@ -100,6 +100,7 @@ def _suite(args: argparse.Namespace) -> int:
     from .plan import plan_cells
     from .samples import load_or_generate
     from .tasks.base import TextSources, get_task
+    from .text.fitting import FitError
     from .text.tokens import PromptTokenizer
 
     corpora = {}
@@ -123,14 +124,21 @@ def _suite(args: argparse.Namespace) -> int:
     fill: dict[tuple[str, int], list[float]] = defaultdict(list)
     first = {}
     built = cached = 0
+    unfit: list[str] = []
     t0 = time.perf_counter()
     from rich.progress import Progress
 
     with Progress(console=console, transient=True) as progress:
         bar = progress.add_task("building samples", total=len(run))
-        for cell in run:
-            samples, hit = load_or_generate(tasks[cell.task], cell, tok, args.samples, args.seed,
-                                            use_cache=not args.no_cache)
+        for cell in list(run):
+            try:
+                samples, hit = load_or_generate(tasks[cell.task], cell, tok, args.samples, args.seed,
+                                                use_cache=not args.no_cache)
+            except FitError as exc:  # fixed parts longer than the bucket in this tokenizer
+                unfit.append(str(exc))
+                run.remove(cell)
+                progress.advance(bar)
+                continue
             cached += len(samples) if hit else 0
             built += 0 if hit else len(samples)
             for s in samples:
@@ -158,6 +166,8 @@ def _suite(args: argparse.Namespace) -> int:
     console.print(f"{len(run)} cells, {built + cached} samples ({built} built, {cached} from cache) in {seconds:.1f} s; "
                   f"fill min {100 * min(all_fill):.2f}%, mean {100 * statistics.mean(all_fill):.2f}%, "
                   f"max {100 * max(all_fill):.2f}%")
+    for reason in unfit:
+        console.print(f"[yellow]skipped[/] {reason}", highlight=False)
     shown = first.get(args.show_prompt) if args.show_prompt else next(iter(first.values()))
     if shown is None:
         raise LongquantError(f"--show-prompt: no cell {args.show_prompt!r} in this run")

@@ -6,12 +6,13 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from hypothesis import given
+from hypothesis import given, reject
 from hypothesis import strategies as st
 
 import longquant_checks
 from longquant_checks import BUCKETS, LANGUAGES, Cell, get_task, load_language, task_names
 from longquant_checks.schema import hash_token_ids
+from longquant_checks.text.fitting import FitError
 
 NIAH = [t for t in task_names() if t.startswith("niah")]
 seeds = st.integers(0, 2**31 - 1)
@@ -26,7 +27,12 @@ languages = st.sampled_from(AVAILABLE)
 def build(tok, task_name, bucket, lang, seed, index):
     task = get_task(task_name)
     cell = Cell(task_name, bucket, lang)
-    return task, task.build(cell, tok, load_language(lang), seed, index)
+    try:
+        return task, task.build(cell, tok, load_language(lang), seed, index)
+    except FitError:
+        # Known: a few Tamil cells do not fit 1K in this tokenizer (see the sweep test below).
+        reject() if (lang, bucket) == ("ta", 1024) else None
+        raise
 
 
 def check_common(tok, sample, bucket):
@@ -150,3 +156,22 @@ def test_depths_spread_evenly_over_the_grid(tok):
     samples = task.generate(Cell("niah_single_1", 1024, "en"), tok, 40, 0)
     depths = sorted(round(s.metadata["depth"] * 39) for s in samples)
     assert depths == list(range(40))
+
+
+def test_every_family_builds_in_every_language_at_the_smallest_bucket(tok):
+    """1K is where long instructions in scripts that take many tokens per character bite. With
+    SmolLM2's tokenizer a Tamil needle takes ~200 tokens, so a few Tamil cells cannot fit 1K: those
+    must fail with FitError naming the cell (the plan skips them), never overflow or underfill."""
+    unfit = []
+    for name in task_names():
+        task = get_task(name)
+        for lang in AVAILABLE:
+            try:
+                sample = task.generate(Cell(name, 1024, lang), tok, 1, 0)[0]
+            except FitError as exc:
+                assert str(exc).startswith(f"{name}-1K-{lang}: ") and "needs a longer bucket" in str(exc)
+                unfit.append((name, lang))
+                continue
+            check_common(tok, sample, 1024)
+    assert {lang for _, lang in unfit} <= {"ta"}, unfit
+    assert all(get_task(name).generate(Cell(name, 2048, lang), tok, 1, 0) for name, lang in unfit)

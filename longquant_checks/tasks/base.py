@@ -13,6 +13,7 @@ from typing import ClassVar
 
 from ..errors import UnknownValueError
 from ..schema import BUCKETS, Cell, Sample
+from ..text.fitting import FitError
 from ..text.haystack import HaystackSource, builtin_source, corpus_source
 from ..text.languages import LANGUAGES, Language, load_language
 from ..text.tokens import PromptTokenizer
@@ -151,7 +152,11 @@ class Task(ABC):
 
     def generate(self, cell: Cell, tok: PromptTokenizer, n: int, seed: int) -> list[Sample]:
         language = self.check_cell(cell)
-        return [self.build(cell, tok, language, seed, i) for i in range(n)]
+        try:
+            return [self.build(cell, tok, language, seed, i) for i in range(n)]
+        except FitError as exc:
+            raise FitError(f"{cell.id}: {exc}; this tokenizer needs a longer bucket for this task "
+                           "and language (the cell is skipped)") from exc
 
     def rng(self, cell: Cell, seed: int, index: int, *extra: object) -> random.Random:
         return sample_rng(self.name, self.version, cell.bucket, cell.language, seed, index, *extra)

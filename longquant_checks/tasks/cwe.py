@@ -105,7 +105,7 @@ class CommonWordsExtraction(Task):
 
         for word in common:
             if not add(word, freq_c):
-                raise FitError(f"{cell.id}: the {NUM_COMMON} common words x{freq_c} do not fit {room} tokens")
+                raise FitError(f"the {NUM_COMMON} common words x{freq_c} do not fit the {room} tokens left")
         counts = dict.fromkeys(uncommon, 0)
         for word in uncommon:  # uncommon words at their frequency while they fit
             if not add(word, freq_u):

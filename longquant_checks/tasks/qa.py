@@ -177,7 +177,7 @@ class QATask(Task):
         total = fixed + sum(len(ids) for ids in gold_ids)
         total += sum(len(tok.encode_many([label(i)])[0]) for i in range(1, len(gold) + 1))
         if total > budget:
-            raise FitError(f"{cell.id}: the question and its gold documents take {total} tokens, over {budget}")
+            raise FitError(f"the question and its gold documents take {total} tokens, more than the {budget} available")
         pending: deque[tuple[str, tuple[int, ...]]] = deque()
         while total < budget:  # add whole distractors; cut the last one to the exact remaining room
             if not pending:

@@ -6,7 +6,7 @@ import random
 import string
 
 from ..schema import Cell, Sample
-from ..text.fitting import Insert, assemble
+from ..text.fitting import Insert, assemble, fixed_cost
 from ..text.languages import Language
 from ..text.tokens import PromptTokenizer
 from .base import Task, make_sample, register_task, spread_depths, string_match_all
@@ -65,10 +65,14 @@ class VariableTracking(Task):
         inserts = [Insert(sep + stmt, d, tag=f"hop:{k}")
                    for k, (stmt, d) in enumerate(zip(_statements(names, value), spread_depths(rng, NUM_HOPS + 1)))]
         filler = self.sources.haystack(language, "noise").units(rng)
-        built = assemble(tok, head, tail, inserts, filler, cell.bucket - self.max_new_tokens(cell, tok))
+        budget = cell.bucket - self.max_new_tokens(cell, tok)
+        with_example = budget - fixed_cost(tok, head, tail) >= 0.4 * cell.bucket
+        if not with_example:  # scripts that take many tokens per character, at 1K-2K: no room for it
+            head = language.fill("vt", "instruction") + "\n\n"
+        built = assemble(tok, head, tail, inserts, filler, budget)
         return make_sample(self, cell, seed, index, built.content, built.token_ids, names,
                            self.max_new_tokens(cell, tok), value=value, positions=built.positions,
-                           context_tokens=built.context_tokens)
+                           context_tokens=built.context_tokens, worked_example=with_example)
 
     def score(self, sample: Sample, text: str) -> float:
         return string_match_all(text, sample.answers)
