@@ -153,7 +153,7 @@ def _suite(args: argparse.Namespace) -> int:
     for b in buckets:
         table.add_column(bucket_label(b), justify="right")
     table.add_column("gen budget", justify="right")
-    for name in sorted(tasks):
+    for name in dict.fromkeys(c.task for c in run):  # the plan's (RULER's) order
         row = [name]
         for b in buckets:
             vals = fill.get((name, b))
