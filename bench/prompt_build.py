@@ -54,9 +54,11 @@ import numpy as np
 from longquant_checks import Cell, PromptTokenizer, bucket_label, demo_model_path, get_task, load_language, parse_bucket
 from longquant_checks import task_names
 from longquant_checks.schema import Sample
-from longquant_checks.tasks import cwe as cwe_mod
-from longquant_checks.tasks import fwe as fwe_mod
 from longquant_checks.tasks.base import Task, depth_for, make_sample
+
+task_names()  # register the built-in tasks in their own (RULER) order before importing modules below
+from longquant_checks.tasks import cwe as cwe_mod  # noqa: E402
+from longquant_checks.tasks import fwe as fwe_mod  # noqa: E402
 from longquant_checks.text.fitting import Assembled, FitError, Insert, fixed_cost
 from longquant_checks.text.languages import Language
 
@@ -122,7 +124,7 @@ class RulerFitter:
         while True:
             if cap is not None:
                 hi = min(hi, cap)
-            top_fits = False
+            top = hi
             while low <= hi:
                 mid = (low + hi) // 2
                 text = make(mid)
@@ -130,12 +132,11 @@ class RulerFitter:
                 if len(ids) <= budget:
                     best = (mid, text, ids)
                     low = mid + 1
-                    top_fits = mid == hi
                 else:
                     hi = mid - 1
-            # The estimate was too low (rare): widen and go on searching above it.
-            if top_fits and (cap is None or hi < cap):
-                low, hi = hi + 1, 2 * hi
+            # The upper bound itself fit: the estimate was too low (rare); search above it.
+            if best[0] == top > lo and (cap is None or top < cap):
+                low, hi = top + 1, 2 * top
                 continue
             return best
 
@@ -323,7 +324,7 @@ class Result:
     fills: list[float] = field(default_factory=list)
     counts: float = float("nan")  # full-prompt tokenizations per sample (RULER)
     peak_mb: float = float("nan")
-    marginal: float = float("nan")  # ruler-once: per sample after the one search
+    marginal: float = float("nan")  # ruler-once: (set time - the one search) / (n - 1)
     error: str = ""
 
     @property
@@ -356,7 +357,7 @@ def timed(fn: Callable[[], tuple[list[Sample], RulerFitter | None]], n: int, buc
     if fitter is not None:
         res.counts = fitter.counts / n
         if fitter.once and n > 1:
-            res.marginal = (res.seconds * n - fitter.search_seconds) / n
+            res.marginal = (res.seconds * n - fitter.search_seconds) / (n - 1)
     return res
 
 
@@ -433,8 +434,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# tokenizer {source.name if hasattr(source, 'name') else source}  n={args.n}  seed={args.seed}  "
           f"languages={','.join(langs)}  fresh tokenizer per (family, bucket, method); load not timed", flush=True)
     print("# s/smp: wall seconds per sample (set of n / n)   fill: min over the set of (prompt + max_new_tokens) / bucket", flush=True)
-    print("# steps: full-prompt tokenizations per sample (RULER)   peakMB: tracemalloc peak of Python allocations "
-          f"building {args.mem_samples} sample(s), untimed pass; excludes the Rust tokenizer's own buffers", flush=True)
+    mem = (f"tracemalloc peak of Python allocations building the first {args.mem_samples} sample(s) in a "
+           "separate untimed pass; excludes the Rust tokenizer's own buffers" if args.mem_samples > 0 else "skipped")
+    print(f"# steps: full-prompt tokenizations per sample (RULER)   peakMB: {mem}", flush=True)
     head = (f"{'family':16} {'bucket':>6} {'lang':4} {'ours s/smp':>10} {'RULER s/smp':>11} {'speedup':>8} "
             f"{'ours fill':>9} {'RULER fill':>10} {'steps':>5} {'ours peakMB':>11} {'RULER peakMB':>12}")
     if args.ruler_once:

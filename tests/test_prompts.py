@@ -175,3 +175,20 @@ def test_every_family_builds_in_every_language_at_the_smallest_bucket(tok):
             check_common(tok, sample, 1024)
     assert {lang for _, lang in unfit} <= {"ta"}, unfit
     assert all(get_task(name).generate(Cell(name, 2048, lang), tok, 1, 0) for name, lang in unfit)
+
+
+def test_assemble_stops_when_a_finite_filler_runs_out(tok):
+    from longquant_checks.text.fitting import Insert, assemble
+
+    built = assemble(tok, "Head", "\n\nTail", [Insert(" Needle.", 0.5)], iter([" one.", " two."]), 1000)
+    assert "one. Needle. two." in built.content.replace("  ", " ") or " Needle." in built.content
+    assert len(built.token_ids) < 1000 and built.content.startswith("Head one.")
+
+
+def test_task_order_does_not_depend_on_import_order():
+    import subprocess
+    import sys
+
+    code = "import longquant_checks.tasks.cwe; from longquant_checks import task_names; print(task_names()[0])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "niah_single_1"

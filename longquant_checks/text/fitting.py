@@ -11,6 +11,7 @@ size and re-tokenizes the whole prompt at every step; see bench/prompt_build.py.
 from __future__ import annotations
 
 import bisect
+import itertools
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -64,7 +65,9 @@ def assemble(
     total = 0
     done = filler is None or room == 0
     while not done:
-        chunk = [next(filler) for _ in range(_CHUNK)]
+        chunk = list(itertools.islice(filler, _CHUNK))
+        if not chunk:  # a finite filler ran out: the prompt stays shorter than the budget
+            break
         for text, ids in zip(chunk, tok.encode_many(chunk, cache=cache_filler)):
             space = room - total
             if len(ids) >= space:
