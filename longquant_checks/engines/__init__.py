@@ -1,0 +1,31 @@
+"""Engines, loaded lazily by name: installing the core needs no inference stack."""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from ..checkpoints.recipes import get_recipe, unsupported_reason
+from ..errors import LongquantError, UnknownValueError
+
+_BACKENDS = {"hf": ("longquant_checks.engines.hf", "HFEngine")}
+
+
+class UnsupportedError(LongquantError):
+    """This recipe cannot run on this engine and hardware (the cell is skipped with the reason)."""
+
+
+def open_engine(kind: str, model_path: str, recipe: str | None = None, device: str = "cpu", **settings: Any):
+    """An engine of `kind` for `model_path`, with an in-flight `recipe` applied if given."""
+    if kind not in _BACKENDS:
+        raise UnknownValueError("engine", kind, list(_BACKENDS))
+    reason = unsupported_reason(recipe, kind, device)
+    if reason:
+        raise UnsupportedError(f"recipe {recipe!r} on engine {kind!r} ({device}): {reason}")
+    if recipe is not None:
+        spec = get_recipe(recipe)
+        if spec.kind != "inflight":
+            raise UnsupportedError(f"recipe {recipe!r} produces a checkpoint; quantize first, then open the result")
+        settings["inflight"] = spec.params
+    module, cls = _BACKENDS[kind]
+    return getattr(import_module(module), cls)(model_path, device=device, **settings)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import time
+import warnings
 from typing import Sequence
 
 from ..schema import Sample
@@ -15,7 +16,9 @@ from .base import EngineInfo, Output
 
 class HFEngine:
     def __init__(self, model_path: str, dtype: str = "bfloat16", device: str | None = None, batch_size: int = 4,
-                 trust_remote_code: bool = False, max_model_len: int | None = None):
+                 trust_remote_code: bool = False, max_model_len: int | None = None,
+                 inflight: dict | None = None):
+        """`inflight`: a bitsandbytes recipe's params ({"method": "bitsandbytes", "bits": 4|8, ...})."""
         import torch
         import transformers
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -23,15 +26,33 @@ class HFEngine:
         self._torch = torch
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-        self.model = AutoModelForCausalLM.from_pretrained(
-            model_path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code, use_safetensors=True
-        ).to(self.device).eval()
+        kwargs = {"dtype": getattr(torch, dtype), "trust_remote_code": trust_remote_code, "use_safetensors": True}
+        settings = {"dtype": dtype, "batch_size": batch_size, "torch": torch.__version__}
+        if inflight:
+            kwargs["quantization_config"] = self._bitsandbytes_config(inflight, getattr(torch, dtype))
+            settings["inflight"] = dict(inflight)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
+            model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+        # bitsandbytes places the quantized model itself; moving it again is not allowed.
+        self.model = (model if inflight else model.to(self.device)).eval()
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         config = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
         self.max_model_len = max_model_len or getattr(config, "max_position_embeddings", 0)
         self.batch_size = batch_size
-        self.info = EngineInfo("hf", transformers.__version__,
-                               {"dtype": dtype, "batch_size": batch_size, "torch": torch.__version__}, self.device)
+        self.info = EngineInfo("hf", transformers.__version__, settings, self.device)
+
+    @staticmethod
+    def _bitsandbytes_config(params: dict, compute_dtype):
+        from transformers import BitsAndBytesConfig
+
+        if params.get("method") != "bitsandbytes":
+            raise ValueError(f"the transformers engine loads in flight only with bitsandbytes, not {params}")
+        if params.get("bits") == 8:
+            return BitsAndBytesConfig(load_in_8bit=True)
+        # nf4 must be explicit: transformers' default 4-bit type is fp4.
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=params.get("quant_type", "nf4"),
+                                  bnb_4bit_compute_dtype=compute_dtype)
 
     def __enter__(self) -> "HFEngine":
         return self
@@ -58,7 +79,8 @@ class HFEngine:
                 input_ids[row, width - s.n_tokens:] = torch.tensor(s.prompt_token_ids)
                 attention[row, width - s.n_tokens:] = 1
             t0 = time.perf_counter()
-            with torch.inference_mode():
+            with torch.inference_mode(), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")  # once per matmul with int8
                 generated = self.model.generate(
                     input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device),
                     max_new_tokens=budget, do_sample=False, pad_token_id=self.pad_id,

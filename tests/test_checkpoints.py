@@ -1,0 +1,87 @@
+"""Checkpoint specs, fingerprints, precision classes and the recipe support table."""
+
+import json
+import shutil
+
+import pytest
+
+from longquant_checks.checkpoints.recipes import RECIPES, get_recipe, unsupported_reason
+from longquant_checks.checkpoints.spec import CheckpointError, CheckpointSpec, fingerprint, infer_precision
+from longquant_checks.errors import UnknownValueError
+
+
+def test_spec_needs_a_source_or_a_recipe_on_a_reference():
+    assert CheckpointSpec("ref", source="demo").source == "demo"
+    assert CheckpointSpec("nf4", reference="demo", recipe="bnb-nf4").recipe == "bnb-nf4"
+    with pytest.raises(CheckpointError, match="give exactly one of `source`"):
+        CheckpointSpec("x")
+    with pytest.raises(CheckpointError, match="needs a `reference`"):
+        CheckpointSpec("x", recipe="bnb-nf4")
+    with pytest.raises(CheckpointError, match="precision '3-bit' is not one of 16-bit, 8-bit, 4-bit"):
+        CheckpointSpec("x", source="p", precision="3-bit")
+
+
+@pytest.fixture
+def checkpoint_copy(tmp_path, demo_path):
+    """A copy of the demo checkpoint with the weights hard-linked (cheap)."""
+    copy = tmp_path / "ckpt"
+    copy.mkdir()
+    for f in demo_path.iterdir():
+        if f.suffix == ".safetensors":
+            (copy / f.name).hardlink_to(f)
+        elif f.is_file():
+            shutil.copy(f, copy / f.name)
+    return copy
+
+
+def test_fingerprint_is_stable_and_sees_config_tokenizer_and_weights(checkpoint_copy, demo_path):
+    assert fingerprint(checkpoint_copy) == fingerprint(demo_path)
+    config = json.loads((checkpoint_copy / "config.json").read_text())
+    config["rope_parameters"]["rope_theta"] = 50000.0
+    (checkpoint_copy / "config.json").write_text(json.dumps(config))
+    changed_config = fingerprint(checkpoint_copy)
+    assert changed_config != fingerprint(demo_path)
+    (checkpoint_copy / "chat_template.jinja").write_text("{{ messages }}")
+    assert fingerprint(checkpoint_copy) != changed_config
+
+
+def test_pickled_weights_are_refused(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04")
+    with pytest.raises(CheckpointError, match="only pickled weights .*safetensors only"):
+        fingerprint(tmp_path)
+    with pytest.raises(CheckpointError, match="not a checkpoint folder"):
+        fingerprint(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize("config, expected", [
+    ({}, "16-bit"),
+    ({"quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True}}, "4-bit"),
+    ({"quantization_config": {"quant_method": "bitsandbytes", "load_in_8bit": True}}, "8-bit"),
+    ({"quantization_config": {"quant_method": "gptq", "bits": 8}}, "8-bit"),
+    ({"quantization_config": {"quant_method": "awq", "bits": 4}}, "4-bit"),
+    ({"quantization_config": {"quant_method": "fp8"}}, "8-bit"),
+    ({"quantization_config": {"quant_method": "compressed-tensors",
+                              "config_groups": {"group_0": {"weights": {"num_bits": 4, "type": "int"}}}}}, "4-bit"),
+    ({"quantization_config": {"quant_method": "compressed-tensors",
+                              "config_groups": {"group_0": {"weights": {"num_bits": 8, "type": "float"}}}}}, "8-bit"),
+])
+def test_precision_inferred_from_quantization_config(config, expected):
+    assert infer_precision(config) == expected
+
+
+def test_unknown_quantization_asks_for_an_explicit_precision():
+    with pytest.raises(CheckpointError, match="set `precision`"):
+        infer_precision({"quantization_config": {"quant_method": "mystery"}})
+
+
+def test_support_table_skips_with_reasons():
+    assert "4-bit only" in unsupported_reason("gptq-w8a16", "vllm", "cpu")
+    assert unsupported_reason("gptq-w8a16", "vllm", "cuda:0") is None
+    assert "no bitsandbytes" in unsupported_reason("bnb-nf4", "vllm", "cuda")
+    assert unsupported_reason("bnb-nf4", "hf", "cpu") is None
+    assert "needs CUDA" in unsupported_reason("fp8-inflight", "vllm", "cpu")
+    assert unsupported_reason(None, "vllm", "cpu") is None
+    assert {r.precision for r in RECIPES.values()} == {"8-bit", "4-bit"}
+    with pytest.raises(UnknownValueError, match="unknown recipe 'int3'"):
+        get_recipe("int3")

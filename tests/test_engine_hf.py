@@ -1,0 +1,40 @@
+"""The transformers engine on the real demo model: bf16 reference and bitsandbytes in-flight recipes (CPU)."""
+
+import pytest
+
+from longquant_checks import Cell, get_task
+from longquant_checks.engines import UnsupportedError, open_engine
+
+pytestmark = pytest.mark.model
+
+
+@pytest.fixture(scope="module")
+def samples(tok):
+    return get_task("niah_single_2").generate(Cell("niah_single_2", 1024, "en"), tok, 3, 2)
+
+
+@pytest.fixture(scope="module")
+def reference_outputs(demo_path, samples):
+    with open_engine("hf", str(demo_path), batch_size=3) as engine:
+        assert engine.info.settings["dtype"] == "bfloat16"
+        return engine.generate(samples)
+
+
+@pytest.mark.parametrize("recipe", ["bnb-int8", "bnb-nf4"])
+def test_bitsandbytes_recipes_load_and_answer(demo_path, samples, reference_outputs, recipe):
+    task = get_task("niah_single_2")
+    with open_engine("hf", str(demo_path), recipe=recipe, batch_size=3) as engine:
+        assert engine.info.settings["inflight"]["method"] == "bitsandbytes"
+        outputs = engine.generate(samples)
+    scores = [task.score(s, o.text) for s, o in zip(samples, outputs)]
+    agreement = sum(a.text == b.text for a, b in zip(outputs, reference_outputs)) / len(samples)
+    print(f"{recipe}: mean score {sum(scores) / len(scores):.2f}, same greedy text as bf16 on {agreement:.0%}")
+    assert all(o.text.strip() for o in outputs)
+    assert sum(scores) >= 1  # a quantized 135M model still finds a needle at 1K
+
+
+def test_unsupported_pairs_are_refused_before_loading(demo_path):
+    with pytest.raises(UnsupportedError, match="fp8-per-channel.*is a vLLM option"):
+        open_engine("hf", str(demo_path), recipe="fp8-per-channel")
+    with pytest.raises(UnsupportedError, match="produces a checkpoint; quantize first"):
+        open_engine("hf", str(demo_path), recipe="gptq-w4a16")
