@@ -1,0 +1,62 @@
+"""Run one llmcompressor recipe. Executed by the quantizer environment's Python as a plain script.
+
+llmcompressor and vLLM pin different compressed-tensors/transformers, so this file imports nothing
+from longquant_checks: it reads a JSON job (reference path, recipe params, calibration token ids,
+output folder), quantizes, and saves a compressed-tensors checkpoint.
+"""
+
+import json
+import sys
+
+
+def build_recipe(params):
+    from llmcompressor.modifiers.gptq import GPTQModifier
+    from llmcompressor.modifiers.quantization import QuantizationModifier
+
+    scheme = params["scheme"]
+    ignore = ["lm_head"]
+    if scheme == "FP8_DYNAMIC":
+        return [QuantizationModifier(targets="Linear", scheme="FP8_DYNAMIC", ignore=ignore)]
+    if scheme == "W8A8":
+        from llmcompressor.modifiers.smoothquant import SmoothQuantModifier
+
+        return [SmoothQuantModifier(smoothing_strength=params.get("smoothing", 0.8)),
+                GPTQModifier(targets="Linear", scheme="W8A8", ignore=ignore)]
+    if scheme in ("W4A16", "W8A16"):
+        bits = 4 if scheme == "W4A16" else 8
+        weights = {"num_bits": bits, "type": "int", "symmetric": True}
+        if params.get("group_size"):
+            weights.update(strategy="group", group_size=params["group_size"])
+        else:
+            weights.update(strategy="channel")
+        return [GPTQModifier(config_groups={"group_0": {"targets": ["Linear"], "weights": weights}}, ignore=ignore)]
+    raise SystemExit(f"unknown scheme {scheme}")
+
+
+def main(job_path):
+    job = json.load(open(job_path, encoding="utf-8"))
+    import torch
+    from datasets import Dataset
+    from llmcompressor import oneshot
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(job["reference"], dtype=torch.bfloat16, use_safetensors=True)
+    tokenizer = AutoTokenizer.from_pretrained(job["reference"])
+    recipe = build_recipe(job["params"])
+    calibration = job["calibration_ids"]
+    kwargs = {}
+    if calibration:
+        kwargs = {"dataset": Dataset.from_dict({"input_ids": calibration,
+                                                "attention_mask": [[1] * len(x) for x in calibration]}),
+                  "num_calibration_samples": len(calibration),
+                  "max_seq_length": max(len(x) for x in calibration)}
+    oneshot(model=model, recipe=recipe, **kwargs)
+    model.save_pretrained(job["output"], save_compressed=True)
+    tokenizer.save_pretrained(job["output"])
+    import llmcompressor
+
+    print(json.dumps({"llmcompressor": llmcompressor.__version__}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

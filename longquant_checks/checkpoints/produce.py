@@ -1,0 +1,127 @@
+"""Make a candidate checkpoint from the reference with an llmcompressor recipe, cached on disk.
+
+The quantizer runs in its own Python environment (llmcompressor and vLLM cannot share one):
+$LONGQUANT_QUANT_PYTHON, else ./.venv-quant/bin/python. Produced checkpoints are cached by
+(reference fingerprint, recipe and its parameters, calibration spec, llmcompressor version); the
+entry is built in a temporary folder and renamed into place under a file lock, so concurrent
+workers yield one valid entry and a half-written one is never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from filelock import FileLock
+
+from ..errors import LongquantError
+from ..storage import cache_dir, write_text_atomic
+from .recipes import get_recipe
+from .spec import fingerprint, read_config
+
+_MARKER = "longquant-recipe.json"
+_WORKER = Path(__file__).with_name("_llmcompressor_worker.py")
+_SETUP = ("python3 -m venv .venv-quant && .venv-quant/bin/pip install torch==2.13.0 llmcompressor==0.14.0.1, "
+          "then set LONGQUANT_QUANT_PYTHON=.venv-quant/bin/python")
+
+
+class QuantizeError(LongquantError, RuntimeError):
+    """The quantizer environment is missing or the recipe failed."""
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    """Calibration text made locally from the task generators (no dataset download)."""
+
+    samples: int = 32
+    tokens: int = 512
+    languages: tuple[str, ...] = ("en",)
+    seed: int = 0
+
+
+def quant_python() -> str:
+    python = os.environ.get("LONGQUANT_QUANT_PYTHON") or ".venv-quant/bin/python"
+    if not Path(python).is_file():
+        raise QuantizeError(f"llmcompressor recipes run in their own environment, not found at {python}: "
+                            f"create it with `{_SETUP}`")
+    return python
+
+
+def group_size_for(reference: str | Path, preferred: int = 128) -> int:
+    """Largest group size <= `preferred` dividing every Linear input dimension (576 is not divisible by 128)."""
+    config = read_config(reference)
+    config = config.get("text_config", config)
+    dims = [config[k] for k in ("hidden_size", "intermediate_size") if isinstance(config.get(k), int)]
+    dims += [config["num_attention_heads"] * config.get("head_dim", config["hidden_size"] // config["num_attention_heads"])]
+    size = preferred
+    while size > 1 and any(d % size for d in dims):
+        size //= 2
+    return size
+
+
+def calibration_ids(reference: str | Path, spec: CalibrationSpec) -> list[list[int]]:
+    from ..schema import Cell
+    from ..tasks.base import get_task
+    from ..text.tokens import PromptTokenizer
+
+    tok = PromptTokenizer.from_pretrained(reference)
+    task = get_task("niah_single_2")
+    out: list[list[int]] = []
+    per_language = -(-spec.samples // len(spec.languages))
+    bucket = next(b for b in (1024, 2048, 4096, 8192, 16384, 32768) if b >= spec.tokens + 256)
+    for language in spec.languages:
+        for sample in task.generate(Cell("niah_single_2", bucket, language), tok, per_language, spec.seed):
+            out.append(sample.prompt_token_ids[: spec.tokens])
+    return out[: spec.samples]
+
+
+def _tool_version(python: str) -> str:
+    # Read from the installed metadata: importing llmcompressor logs to stdout.
+    proc = subprocess.run([python, "-c", "import importlib.metadata as m; print(m.version('llmcompressor'))"],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise QuantizeError(f"{python} cannot import llmcompressor ({proc.stderr.strip()[-300:]}); `{_SETUP}`")
+    return proc.stdout.strip()
+
+
+def produce(reference: str | Path, recipe_name: str, calibration: CalibrationSpec = CalibrationSpec()) -> Path:
+    """The cached checkpoint of `recipe_name` applied to `reference`, produced once."""
+    recipe = get_recipe(recipe_name)
+    if recipe.kind != "llmcompressor":
+        raise QuantizeError(f"recipe {recipe_name!r} is applied while loading, not produced; pass it to the engine")
+    if recipe_name == "awq-w4a16":
+        raise QuantizeError("awq-w4a16 is not produced yet: llmcompressor's AWQ calls Tensor.pin_memory(), which fails "
+                            "on a CPU-only torch; produce it on a GPU machine and give it as a `source`")
+    python = quant_python()
+    params = dict(recipe.params)
+    if params["scheme"] in ("W4A16",):
+        params["group_size"] = group_size_for(reference)
+    needs_data = params["scheme"] != "FP8_DYNAMIC"
+    key_parts = {"reference": fingerprint(reference), "recipe": recipe_name, "params": params,
+                 "calibration": asdict(calibration) if needs_data else None, "llmcompressor": _tool_version(python)}
+    key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()
+    target = cache_dir("checkpoints") / f"{recipe_name}-{key[:16]}"
+    with FileLock(str(target) + ".lock"):
+        if (target / _MARKER).is_file():
+            return target
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{recipe_name}-") as tmp:
+            job = {"reference": str(reference), "params": params, "output": str(Path(tmp) / "out"),
+                   "calibration_ids": calibration_ids(reference, calibration) if needs_data else []}
+            job_file = Path(tmp) / "job.json"
+            job_file.write_text(json.dumps(job), encoding="utf-8")
+            proc = subprocess.run([python, str(_WORKER), str(job_file)], capture_output=True, text=True)
+            if proc.returncode != 0:
+                tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
+                raise QuantizeError(f"recipe {recipe_name!r} on {reference} failed (exit {proc.returncode}):\n{tail}")
+            out = Path(job["output"])
+            write_text_atomic(out / _MARKER, json.dumps({**key_parts, "key": key}, indent=2, sort_keys=True))
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(out, target)
+    return target
