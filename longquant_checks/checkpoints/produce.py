@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,7 +47,11 @@ class CalibrationSpec:
 
 
 def quant_python() -> str:
-    python = os.environ.get("LONGQUANT_QUANT_PYTHON") or ".venv-quant/bin/python"
+    python = os.environ.get("LONGQUANT_QUANT_PYTHON")
+    if not python:
+        # ./.venv-quant, else the one next to this environment's venv (pytester and subfolders change the cwd).
+        candidates = [Path(".venv-quant/bin/python"), Path(sys.prefix).parent / ".venv-quant/bin/python"]
+        python = str(next((c for c in candidates if c.is_file()), candidates[0]))
     if not Path(python).is_file():
         raise QuantizeError(f"llmcompressor recipes run in their own environment, not found at {python}: "
                             f"create it with `{_SETUP}`")

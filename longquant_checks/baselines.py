@@ -1,0 +1,208 @@
+"""The baseline store: the reference's per-sample scores, committed under `baselines/`.
+
+Keyed by our own semantic key (reference, task, bucket, language), never by a pytest node id.
+One file per (reference, task), `baselines/<reference>/<task>.jsonl`, one entry per line sorted by
+(bucket, language), so a refresh shows up as a reviewable line diff. Writes are atomic and made
+under a file lock (several xdist workers may refresh entries of the same task file at once).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from filelock import FileLock
+
+from .errors import LongquantError
+from .results import CellResult
+from .schema import Cell, Sample, bucket_label, parse_bucket
+from .storage import write_text_atomic
+
+BASELINE_SCHEMA = 1
+
+
+class BaselineError(LongquantError):
+    """A baseline file is unreadable or was made from something else than what is being compared."""
+
+
+@dataclass
+class BaselineEntry:
+    reference: str
+    task: str
+    bucket: int
+    language: str
+    n: int
+    mean: float  # points
+    samples: list[dict[str, Any]]  # {id, prompt_sha256, score}
+    engine: dict[str, Any] = field(default_factory=dict)
+    device: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
+    task_version: str = ""
+    seed: int = 0
+    date: str = ""
+    reference_fingerprint: str = ""
+    schema: int = BASELINE_SCHEMA
+
+    @property
+    def cell(self) -> Cell:
+        return Cell(self.task, self.bucket, self.language)
+
+    @property
+    def scores(self) -> list[float]:
+        return [float(s["score"]) for s in self.samples]
+
+    def to_line(self) -> str:
+        data = asdict(self)
+        data["bucket"] = bucket_label(self.bucket)
+        return json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_line(cls, line: str, where: str) -> "BaselineEntry":
+        try:
+            data = json.loads(line)
+            data["bucket"] = parse_bucket(data["bucket"])
+            entry = cls(**data)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise BaselineError(f"{where}: not a baseline entry ({exc}); restore it from version control or "
+                                "delete the line and run with --lq-update-baselines=missing") from None
+        if entry.schema != BASELINE_SCHEMA:
+            raise BaselineError(f"{where}: baseline schema {entry.schema}, this version reads {BASELINE_SCHEMA}; "
+                                "refresh with --lq-update-baselines=all")
+        return entry
+
+    @classmethod
+    def from_result(cls, reference: str, result: CellResult) -> "BaselineEntry":
+        engine = result.engine
+        return cls(reference=reference, task=result.cell.task, bucket=result.cell.bucket,
+                   language=result.cell.language, n=len(result.samples), mean=round(result.mean_points, 4),
+                   samples=[{"id": s.id, "prompt_sha256": s.prompt_sha256, "score": s.score} for s in result.samples],
+                   engine={"kind": engine.get("kind"), "settings": engine.get("settings", {})},
+                   device=engine.get("device", ""), versions=engine.get("versions", {}),
+                   task_version=result.task_version, seed=result.seed,
+                   date=time.strftime("%Y-%m-%d", time.gmtime()),
+                   reference_fingerprint=result.checkpoint_identity.get("fingerprint", ""))
+
+
+def mismatches(entry: BaselineEntry, samples: Sequence[Sample], reference_fingerprint: str,
+               engine_kind: str, task_version: str) -> list[str]:
+    """Why this baseline cannot be compared with these prompts; empty when it can."""
+    problems = []
+    if entry.task_version != task_version:
+        problems.append(f"the task generator changed (baseline v{entry.task_version}, now v{task_version})")
+    if entry.reference_fingerprint and entry.reference_fingerprint != reference_fingerprint:
+        problems.append(f"the reference checkpoint changed (fingerprint {entry.reference_fingerprint[:12]} in the "
+                        f"baseline, {reference_fingerprint[:12]} now)")
+    if entry.engine.get("kind") != engine_kind:
+        problems.append(f"the baseline was made with engine {entry.engine.get('kind')!r}, this run uses "
+                        f"{engine_kind!r} (outputs differ between engines)")
+    stored = [(s["id"], s["prompt_sha256"]) for s in entry.samples]
+    current = [(s.id, s.prompt_sha256) for s in samples]
+    if stored != current:
+        if len(stored) != len(current):
+            problems.append(f"the baseline has {len(stored)} samples, this run {len(current)} (samples per cell "
+                            "changed)")
+        else:
+            differ = sum(a != b for a, b in zip(stored, current))
+            problems.append(f"{differ} of {len(current)} prompts differ from the baseline's (prompt_sha256): "
+                            "the tokenizer, seed, language data or corpus changed")
+    return problems
+
+
+def version_notes(entry: BaselineEntry, versions: dict[str, str], device: str) -> list[str]:
+    """Differences that may move scores but do not forbid the comparison: said, not hidden."""
+    notes = [f"{lib} {entry.versions[lib]} in the baseline, {v} now" for lib, v in sorted(versions.items())
+             if lib in entry.versions and entry.versions[lib] != v]
+    if entry.device and device and entry.device != device:
+        notes.append(f"baseline made on {entry.device}, this run on {device}")
+    return notes
+
+
+class BaselineStore:
+    def __init__(self, root: Path, reference: str):
+        self.root = Path(root)
+        self.reference = reference
+        self._cache: dict[str, dict[tuple[int, str], BaselineEntry]] = {}
+
+    @property
+    def folder(self) -> Path:
+        return self.root / self.reference
+
+    def file_for(self, task: str) -> Path:
+        return self.folder / f"{task}.jsonl"
+
+    def _read(self, task: str) -> dict[tuple[int, str], BaselineEntry]:
+        path = self.file_for(task)
+        if not path.is_file():
+            return {}
+        entries = {}
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if line.strip():
+                entry = BaselineEntry.from_line(line, f"{path}:{number}")
+                entries[(entry.bucket, entry.language)] = entry
+        return entries
+
+    def load(self, task: str, refresh: bool = False) -> dict[tuple[int, str], BaselineEntry]:
+        if refresh or task not in self._cache:
+            self._cache[task] = self._read(task)
+        return self._cache[task]
+
+    def get(self, cell: Cell, refresh: bool = False) -> BaselineEntry | None:
+        return self.load(cell.task, refresh).get((cell.bucket, cell.language))
+
+    def _write(self, task: str, entries: dict[tuple[int, str], BaselineEntry]) -> None:
+        path = self.file_for(task)
+        if not entries:
+            path.unlink(missing_ok=True)
+        else:
+            lines = [entries[k].to_line() for k in sorted(entries)]
+            write_text_atomic(path, "\n".join(lines) + "\n")
+        self._cache[task] = entries
+
+    def put(self, entry: BaselineEntry) -> BaselineEntry | None:
+        """Store `entry`; returns the entry it replaced (None if new). Read-modify-write under a lock."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.file_for(entry.task)) + ".lock"):
+            entries = self._read(entry.task)
+            old = entries.get((entry.bucket, entry.language))
+            entries[(entry.bucket, entry.language)] = entry
+            self._write(entry.task, entries)
+        return old
+
+    def cells(self) -> list[Cell]:
+        if not self.folder.is_dir():
+            return []
+        return sorted(e.cell for f in sorted(self.folder.glob("*.jsonl")) for e in self.load(f.stem, True).values())
+
+    def prune(self, keep: Iterable[Cell]) -> list[Cell]:
+        """Remove entries for cells not in `keep`; returns what was removed."""
+        keep = set(keep)
+        removed = []
+        for file in sorted(self.folder.glob("*.jsonl")) if self.folder.is_dir() else []:
+            with FileLock(str(file) + ".lock"):
+                entries = self._read(file.stem)
+                gone = [k for k, e in entries.items() if e.cell not in keep]
+                for k in gone:
+                    removed.append(entries.pop(k).cell)
+                if gone:
+                    self._write(file.stem, entries)
+        return sorted(removed)
+
+
+def describe_change(old: BaselineEntry | None, new: BaselineEntry) -> str:
+    """One line for the update report: what changed in this baseline entry."""
+    cell = new.cell.id
+    if old is None:
+        return f"+ {cell}: new baseline, mean {new.mean:.1f} (n={new.n})"
+    old_scores = {s["id"]: s["score"] for s in old.samples}
+    changed = sum(1 for s in new.samples if old_scores.get(s["id"]) != s["score"])
+    prompts = sum(1 for a, b in zip(old.samples, new.samples) if a["prompt_sha256"] != b["prompt_sha256"])
+    parts = [f"mean {old.mean:.1f} -> {new.mean:.1f}", f"n {old.n} -> {new.n}" if old.n != new.n else f"n={new.n}",
+             f"{changed} sample score(s) changed"]
+    if prompts or len(old.samples) != len(new.samples):
+        parts.append(f"{prompts} prompt(s) changed")
+    if old.engine != new.engine:
+        parts.append(f"engine {old.engine.get('kind')} -> {new.engine.get('kind')}")
+    return f"~ {cell}: " + ", ".join(parts)

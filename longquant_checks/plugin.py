@@ -1,0 +1,351 @@
+"""The pytest plugin (registered under `pytest11`): options, parametrization, fixtures, summary.
+
+The only module that knows pytest. A test asks for `lq_cell` and is parametrized over
+candidate x task x bucket x language from the config (ids `candidate-task-bucket-lang`, plus one
+`candidate-aggregate` test per candidate):
+
+    def test_long_context(lq_cell):
+        lq_cell.check()
+
+Tests are grouped per checkpoint (`xdist_group`), and `-n N` uses `--dist loadgroup`, so each
+worker loads a checkpoint once and decides its cells together.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .config import Config, ConfigError, find_config, load_config
+from .errors import LongquantError
+from .run import REFERENCE, UPDATE_MODES, Case, GateRun, Outcome
+
+_RUN = pytest.StashKey[GateRun]()
+_PROPS = pytest.StashKey[list]()
+_ROWS = pytest.StashKey["_Rows"]()
+_HEADER = pytest.StashKey[bool]()
+_PREFIX = "lq_"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("longquant", "longquant-checks: gate quantized checkpoints on long inputs")
+    group.addoption("--lq-config", help="config file: longquant.toml or a pyproject.toml with [tool.longquant] "
+                                        "(default: ini lq_config, else ./longquant.toml, else ./pyproject.toml)")
+    group.addoption("--lq-engine", choices=["hf", "vllm", "openai"], help="engine for every checkpoint (overrides config)")
+    group.addoption("--lq-limit", type=int, help="use only the first N samples of each cell (quick runs; no baseline updates)")
+    group.addoption("--lq-seed", type=int, help="sample seed (overrides config; baselines must match it)")
+    group.addoption("--lq-mode", choices=["default", "strict", "point"], help="gate mode (overrides config)")
+    group.addoption("--lq-tolerance", action="append", default=[], metavar="CLASS=POINTS",
+                    help="per-cell tolerance override, e.g. 4-bit=8 (repeatable)")
+    group.addoption("--lq-baseline-dir", help="baseline folder (overrides config)")
+    group.addoption("--lq-report", help="also write the run's JSON summary to this path")
+    group.addoption("--lq-update-baselines", choices=list(UPDATE_MODES),
+                    help="re-run the reference and rewrite baselines: missing | failed (missing or mismatched) | all "
+                         "(selected tests only)")
+    group.addoption("--lq-allow-ci-update", action="store_true", help="allow baseline updates when CI=true")
+    group.addoption("--lq-prune-baselines", action="store_true",
+                    help="delete baseline entries not in the config's plan (only on an unfiltered run)")
+    for key, help_ in (("lq_config", "longquant config file"), ("lq_engine", "longquant engine"),
+                       ("lq_mode", "longquant gate mode"), ("lq_baseline_dir", "longquant baseline folder"),
+                       ("lq_report", "longquant JSON report path")):
+        parser.addini(key, help_, default=None)
+
+
+def _opt(config: pytest.Config, name: str) -> Any:
+    value = config.getoption(f"--lq-{name.replace('_', '-')}")
+    if value in (None, []) and name in ("config", "engine", "mode", "baseline_dir", "report"):
+        value = config.getini(f"lq_{name}")
+    return value
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "longquant: a longquant gate test (added automatically)")
+    config.stash[_PROPS] = []
+    config.stash[_ROWS] = _Rows()
+    config.pluginmanager.register(config.stash[_ROWS], "longquant-rows")
+    update = config.getoption("--lq-update-baselines")
+    if update and os.environ.get("CI") == "true" and not config.getoption("--lq-allow-ci-update"):
+        raise pytest.UsageError("baseline updates are refused under CI=true: baselines change deliberately, on a "
+                                "developer's machine. Pass --lq-allow-ci-update if this CI job is meant to write them")
+    if config.getoption("--lq-prune-baselines"):
+        filtered = [name for name, on in (("-k", config.option.keyword), ("-m", config.option.markexpr),
+                                          ("--lq-limit", config.getoption("--lq-limit")),
+                                          ("node ids", any("::" in a for a in config.args))) if on]
+        if filtered:
+            raise pytest.UsageError(f"--lq-prune-baselines needs an unfiltered run (drop {', '.join(filtered)}): "
+                                    "a filtered run would delete baselines of cells it did not select")
+    # Under xdist: one checkpoint per worker group; a GPU slice per worker, set before CUDA initialises.
+    if getattr(config.option, "dist", None) == "load" and getattr(config.option, "numprocesses", None):
+        config.option.dist = "loadgroup"
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        _pin_worker_resources(int(worker.removeprefix("gw")), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+
+
+def _pin_worker_resources(index: int, count: int) -> None:
+    devices = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if devices is None and shutil.which("nvidia-smi"):
+        try:
+            listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+            devices = ",".join(str(i) for i, line in enumerate(listed.splitlines()) if line.startswith("GPU"))
+        except (OSError, subprocess.SubprocessError):
+            devices = None
+    if devices:
+        ids = [d for d in devices.split(",") if d.strip()]
+        per = max(1, len(ids) // count)
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(ids[index * per:(index + 1) * per]) or ids[index % len(ids)]
+    else:  # CPU: split the cores so workers don't oversubscribe them
+        threads = max(1, (os.cpu_count() or 1) // count)
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(threads)
+
+
+def _config_path(config: pytest.Config, near: Path | None = None) -> Path | None:
+    """--lq-config, else ini lq_config, else longquant.toml next to the tests, else in the rootdir / cwd."""
+    given = _opt(config, "config")
+    if given:
+        path = Path(given)
+        return path if path.is_absolute() else Path(config.rootpath) / path
+    return ((near and find_config(near)) or find_config(Path(config.rootpath)) or find_config(Path.cwd()))
+
+
+def _tolerances(config: pytest.Config) -> dict[str, float]:
+    out = {}
+    for item in config.getoption("--lq-tolerance"):
+        name, _, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise pytest.UsageError(f"--lq-tolerance {item!r}: expected CLASS=POINTS, e.g. 4-bit=8") from None
+        if name.strip() not in ("16-bit", "8-bit", "4-bit"):
+            raise pytest.UsageError(f"--lq-tolerance {item!r}: class must be 16-bit, 8-bit or 4-bit")
+    return out
+
+
+def gate_run(config: pytest.Config, near: Path | None = None) -> GateRun:
+    """The session's GateRun, made on first use (so projects without a longquant config pay nothing)."""
+    if _RUN not in config.stash:
+        path = _config_path(config, near)
+        if path is None:
+            raise pytest.UsageError("longquant: no config found; pass --lq-config PATH, set `lq_config` in the pytest "
+                                    "ini, or create longquant.toml (see docs/config.md)")
+        try:
+            cfg: Config = load_config(path)
+        except ConfigError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        progress = None
+        if reporter is not None and not os.environ.get("PYTEST_XDIST_WORKER"):
+            progress = lambda msg: reporter.write_line(f"longquant: {msg}")  # noqa: E731
+        baseline_dir = _opt(config, "baseline_dir")
+        config.stash[_RUN] = GateRun(
+            cfg, engine=_opt(config, "engine"), limit=config.getoption("--lq-limit"), seed=config.getoption("--lq-seed"),
+            mode=_opt(config, "mode"), tolerances=_tolerances(config),
+            baseline_dir=Path(config.rootpath) / baseline_dir if baseline_dir else None,
+            update=config.getoption("--lq-update-baselines"), progress=progress)
+    return config.stash[_RUN]
+
+
+def pytest_report_header(config: pytest.Config) -> list[str] | None:
+    if _config_path(config) is None:
+        return None
+    try:
+        lines = gate_run(config).header().splitlines()
+    except (pytest.UsageError, LongquantError) as exc:
+        return [f"longquant: {exc}"]
+    config.stash[_HEADER] = True
+    return lines
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # A config found next to the tests (not known when the header was printed): say it now.
+    config = session.config
+    if _RUN in config.stash and not config.stash.get(_HEADER, False) and not os.environ.get("PYTEST_XDIST_WORKER"):
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            for line in config.stash[_RUN].header().splitlines():
+                reporter.write_line(line)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "lq_cell" in metafunc.fixturenames:
+        try:
+            run = gate_run(metafunc.config, metafunc.definition.path.parent)
+            cases = run.cases()
+        except LongquantError as exc:
+            raise pytest.UsageError(f"longquant: {exc}") from None
+        params = [pytest.param(c, id=c.id, marks=[pytest.mark.xdist_group(c.checkpoint), pytest.mark.longquant])
+                  for c in cases]
+        metafunc.parametrize("lq_cell", params, indirect=True)
+    elif "lq_checkpoint" in metafunc.fixturenames:
+        run = gate_run(metafunc.config, metafunc.definition.path.parent)
+        names = run.checkpoint_names()
+        metafunc.parametrize("lq_checkpoint", [pytest.param(n, id=n, marks=pytest.mark.xdist_group(n)) for n in names],
+                             indirect=True, scope="session")
+
+
+class GateCheck:
+    """What `lq_cell` gives a test: the case, its outcome, and `check()` (pass, fail with the reason, or skip)."""
+
+    def __init__(self, run: GateRun, case: Case, request: pytest.FixtureRequest):
+        self.run, self.case, self._request = run, case, request
+
+    @property
+    def outcome(self) -> Outcome:
+        family = [item.callspec.params["lq_cell"] for item in self._request.session.items
+                  if hasattr(item, "callspec") and "lq_cell" in item.callspec.params]
+        return self.run.outcome(self.case, family)
+
+    def check(self) -> None:
+        if self.case.skip_reason:
+            pytest.skip(self.case.skip_reason)
+        o = self.outcome
+        _record(self._request.node, o)
+        if o.skip:
+            pytest.skip(o.skip)
+        if o.error:
+            pytest.fail(o.error, pytrace=False)
+        if o.verdict.outcome == "fail":
+            pytest.fail(self.run.failure_message(o), pytrace=False)
+
+
+@pytest.fixture
+def lq_cell(request: pytest.FixtureRequest) -> GateCheck:
+    return GateCheck(gate_run(request.config), request.param, request)
+
+
+@pytest.fixture(scope="session")
+def lq_run(request: pytest.FixtureRequest) -> GateRun:
+    """The session's gate run (config, stores, runners)."""
+    return gate_run(request.config)
+
+
+@pytest.fixture(scope="session")
+def lq_reference(lq_run: GateRun):
+    """The reference checkpoint, resolved to a local folder (ResolvedCheckpoint)."""
+    return lq_run.reference
+
+
+@pytest.fixture(scope="session")
+def lq_checkpoint(request: pytest.FixtureRequest, lq_run: GateRun):
+    """A candidate (parametrized over the config's candidates), resolved; errors name the checkpoint."""
+    try:
+        return lq_run.checkpoint(request.param)
+    except LongquantError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture
+def lq_engine(request: pytest.FixtureRequest, lq_run: GateRun, lq_checkpoint):
+    """The open engine of the current `lq_checkpoint` (loaded once per worker; the previous one is released)."""
+    return lq_run.runner(lq_checkpoint.name if lq_checkpoint.name in lq_run.checkpoint_names() else REFERENCE).engine
+
+
+def _record(item: pytest.Item, o: Outcome) -> None:
+    """Per-test figures into user_properties: they reach JUnit XML and, under xdist, the controller."""
+    props: list[tuple[str, Any]] = [("lq_checkpoint", o.case.checkpoint),
+                                    ("lq_cell", o.case.cell.id if o.case.cell else "aggregate"),
+                                    ("lq_status", o.status)]
+    v = o.verdict
+    if v is not None:
+        props += [("lq_n", v.n), ("lq_reference", round(v.reference_mean, 2)), ("lq_candidate", round(v.candidate_mean, 2)),
+                  ("lq_delta", round(v.delta, 2)), ("lq_ci", f"[{v.ci_low:.2f}, {v.ci_high:.2f}]"),
+                  ("lq_p", round(v.p_value, 5)), ("lq_p_holm", round(v.p_adjusted, 5)),
+                  ("lq_tolerance", round(v.tolerance.points, 2)), ("lq_tolerance_source", v.tolerance.source),
+                  ("lq_mdd", round(v.min_detectable_drop, 2)), ("lq_stale", v.stale)]
+        if v.warnings:
+            props.append(("lq_warnings", " | ".join(v.warnings)))
+    if o.case.cell is not None:
+        c = o.case.cell
+        props += [("lq_task", c.task), ("lq_bucket", c.bucket), ("lq_language", c.language)]
+    if o.baseline_change:
+        props.append(("lq_baseline_change", o.baseline_change))
+    if o.result_file:
+        props.append(("lq_result_file", o.result_file))
+    if o.seconds_per_sample is not None:
+        props.append(("lq_seconds_per_sample", round(o.seconds_per_sample, 3)))
+    if o.error:
+        props.append(("lq_error", o.error.splitlines()[0][:300]))
+    item.user_properties.extend(props)
+
+
+class _Rows:
+    """The controller's view of every gate test (xdist sends each worker's reports to it)."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when != "call":
+            return
+        props = dict(p for p in report.user_properties if isinstance(p, tuple) and str(p[0]).startswith(_PREFIX))
+        if props:
+            props["nodeid"] = report.nodeid
+            self.rows.append(props)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    if _RUN in config.stash:
+        config.stash[_RUN].close()
+    rows = config.stash[_ROWS].rows
+    if os.environ.get("PYTEST_XDIST_WORKER") or not rows:
+        return
+    run = gate_run(config)
+    unused = []
+    try:
+        planned = {c.cell for c in run.cases() if c.cell is not None}
+        stored = run.baselines.cells()
+        unused = [c for c in stored if c not in planned]
+        if config.getoption("--lq-prune-baselines") and unused:
+            removed = run.baselines.prune(planned)
+            config.stash[_PROPS].append(("pruned", [c.id for c in removed]))
+    except LongquantError:
+        pass
+    summary = _summary(rows, unused)
+    config.stash[_PROPS].append(("summary", summary))
+    path = run.results.write_summary({"tests": rows, **summary})
+    report = _opt(config, "report")
+    if report:
+        from .storage import write_text_atomic
+
+        write_text_atomic(Path(report), path.read_text(encoding="utf-8"))
+
+
+def _summary(rows: list[dict[str, Any]], unused: list) -> dict[str, Any]:
+    counts = defaultdict(int)
+    for r in rows:
+        counts[{"pass": "passed", "fail": "regressed"}.get(r["lq_status"], r["lq_status"])] += 1
+        if "no baseline" in r.get("lq_error", ""):
+            counts["missing baselines"] += 1
+        if r.get("lq_baseline_change"):
+            counts["updated"] += 1
+        if r.get("lq_stale"):
+            counts["stale baselines"] += 1
+    counts["unused"] = len(unused)
+    return {"counts": dict(counts), "unused_baselines": [c.id for c in unused]}
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    rows = config.stash[_ROWS].rows
+    if not rows or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    from .report.terminal import write_summary
+
+    summary = dict(config.stash.get(_PROPS, [])).get("summary") or _summary(rows, [])
+    write_summary(terminalreporter, rows, summary)
+    for name, cells in config.stash.get(_PROPS, []):
+        if name == "pruned" and cells:
+            terminalreporter.write_line(f"longquant: pruned {len(cells)} unused baseline entries: {', '.join(cells)}")
+    if _RUN in config.stash:
+        terminalreporter.write_line(f"longquant: results in {config.stash[_RUN].results.root}")

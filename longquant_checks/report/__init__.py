@@ -1,0 +1,1 @@
+"""Reports of a gate run: the terminal summary (more formats build on the same rows)."""

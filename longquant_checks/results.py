@@ -1,0 +1,122 @@
+"""Run records and the resume cache of finished cells.
+
+A cell's result is keyed by everything that determines it without loading a model: the checkpoint's
+identity (fingerprint, recipe), the engine kind, its requested settings and library versions, the
+device, and the prompts' hashes. A repeated or interrupted run reuses finished cells and only runs
+what is missing. One JSONL file per (checkpoint, cell): a header line, then one line per sample
+(prompt hash, output text, score, timings). Writes are atomic, so Ctrl-C loses at most the cell in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import LongquantError
+from .schema import Cell, Sample
+from .storage import write_text_atomic
+
+RESULTS_FORMAT = 1
+
+
+@dataclass
+class SampleResult:
+    id: str
+    prompt_sha256: str
+    score: float
+    text: str
+    n_prompt_tokens: int
+    n_output_tokens: int
+    seconds: float
+    finish_reason: str = ""
+
+
+@dataclass
+class CellResult:
+    """One checkpoint's per-sample results for one cell."""
+
+    checkpoint: str
+    cell: Cell
+    samples: list[SampleResult]
+    key: str
+    checkpoint_identity: dict[str, Any] = field(default_factory=dict)
+    engine: dict[str, Any] = field(default_factory=dict)  # kind, requested settings, versions, device
+    task_version: str = ""
+    seed: int = 0
+    created: str = ""
+    path: str | None = None
+    reused: bool = False  # loaded from the resume cache
+
+    @property
+    def scores(self) -> list[float]:
+        return [s.score for s in self.samples]
+
+    @property
+    def mean_points(self) -> float:
+        return 100.0 * sum(self.scores) / len(self.samples) if self.samples else float("nan")
+
+    @property
+    def seconds_per_sample(self) -> float:
+        return sum(s.seconds for s in self.samples) / len(self.samples) if self.samples else 0.0
+
+
+def cell_key(checkpoint_identity: dict[str, Any], engine: dict[str, Any], samples: Sequence[Sample],
+             task_version: str) -> str:
+    """Everything that determines a cell's outputs, hashed (the checkpoint's display name is not part of it)."""
+    ident = {k: v for k, v in checkpoint_identity.items() if k != "name"}
+    parts = {"format": RESULTS_FORMAT, "checkpoint": ident, "engine": engine, "task_version": task_version,
+             "prompts": [[s.id, s.prompt_sha256, s.max_new_tokens] for s in samples]}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
+class ResultStore:
+    """`<results_dir>/cells/<checkpoint>/<cell id>-<key>.jsonl` plus a versioned `summary.json` per run."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def path_for(self, checkpoint: str, cell: Cell, key: str) -> Path:
+        return self.root / "cells" / checkpoint / f"{cell.id}-{key[:16]}.jsonl"
+
+    def load(self, checkpoint: str, cell: Cell, key: str) -> CellResult | None:
+        path = self.path_for(checkpoint, cell, key)
+        if not path.is_file():
+            return None
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+            header = json.loads(lines[0])
+            samples = [SampleResult(**json.loads(line)) for line in lines[1:]]
+        except (OSError, ValueError, TypeError, IndexError):
+            return None  # unreadable: run the cell again (atomic writes make this rare)
+        if header.get("format") != RESULTS_FORMAT or header.get("key") != key:
+            return None
+        return CellResult(checkpoint, cell, samples, key, header.get("checkpoint_identity", {}),
+                          header.get("engine", {}), header.get("task_version", ""), header.get("seed", 0),
+                          header.get("created", ""), str(path), reused=True)
+
+    def save(self, result: CellResult) -> Path:
+        path = self.path_for(result.checkpoint, result.cell, result.key)
+        result.created = result.created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        header = {"format": RESULTS_FORMAT, "key": result.key, "checkpoint": result.checkpoint,
+                  "cell": result.cell.id, "checkpoint_identity": result.checkpoint_identity,
+                  "engine": result.engine, "task_version": result.task_version, "seed": result.seed,
+                  "created": result.created, "n": len(result.samples), "mean": round(result.mean_points, 4)}
+        lines = [json.dumps(header, sort_keys=True, default=str)]
+        lines += [json.dumps(asdict(s), ensure_ascii=False, sort_keys=True) for s in result.samples]
+        write_text_atomic(path, "\n".join(lines) + "\n")
+        result.path = str(path)
+        return path
+
+    def write_summary(self, summary: dict[str, Any], name: str = "summary.json") -> Path:
+        path = self.root / name
+        write_text_atomic(path, json.dumps({"format": RESULTS_FORMAT, **summary}, indent=2, sort_keys=True,
+                                           default=str) + "\n")
+        return path
+
+
+class ResultsError(LongquantError):
+    """A results folder cannot be written."""
