@@ -111,9 +111,13 @@ def mismatches(entry: BaselineEntry, samples: Sequence[Sample], reference_finger
     return problems
 
 
-def version_notes(entry: BaselineEntry, versions: dict[str, str], device: str) -> list[str]:
+def version_notes(entry: BaselineEntry, versions: dict[str, str], device: str,
+                  settings: dict[str, Any] | None = None) -> list[str]:
     """Differences that may move scores but do not forbid the comparison: said, not hidden."""
-    notes = [f"{lib} {entry.versions[lib]} in the baseline, {v} now" for lib, v in sorted(versions.items())
+    base = entry.engine.get("settings", {})
+    notes = [f"engine setting {k}={base.get(k)!r} in the baseline, {v!r} now"
+             for k, v in sorted((settings or {}).items()) if k in base and base[k] != v]
+    notes += [f"{lib} {entry.versions[lib]} in the baseline, {v} now" for lib, v in sorted(versions.items())
              if lib in entry.versions and entry.versions[lib] != v]
     if entry.device and device and entry.device != device:
         notes.append(f"baseline made on {entry.device}, this run on {device}")

@@ -59,6 +59,11 @@ class EngineSetup:
 
     def identity(self) -> dict[str, Any]:
         settings = dict(self.settings)
+        if self.kind in ("hf", "vllm") and "dtype" not in settings:
+            # The engines' "auto" dtype depends on the machine: record what it resolves to.
+            from .engines.base import cpu_dtype
+
+            settings["dtype"] = "bfloat16" if self.device.startswith("cuda") else cpu_dtype()
         if self.kind == "openai" and "api_key" in settings:  # never recorded; only the variable's name is
             settings.pop("api_key")
         return {"kind": self.kind, "device": self.device, "settings": settings, "versions": library_versions(self.kind)}

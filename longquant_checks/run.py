@@ -295,7 +295,8 @@ class GateRun:
         decided = gate.decide([v for v, *_ in verdicts.values()], alpha=self.config.gate.alpha)
         pairs = []
         for (c, (_, result, entry, change)), v in zip(verdicts.items(), decided):
-            notes = version_notes(entry, result.engine.get("versions", {}), result.engine.get("device", ""))
+            notes = version_notes(entry, result.engine.get("versions", {}), result.engine.get("device", ""),
+                                  result.engine.get("settings", {}))
             self._outcomes[c] = Outcome(c, verdict=v, baseline_change=change, notes=notes,
                                         result_file=result.path, baseline_file=str(self.baselines.file_for(c.cell.task)),
                                         seconds_per_sample=result.seconds_per_sample)

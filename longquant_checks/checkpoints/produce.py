@@ -108,7 +108,11 @@ def produce(reference: str | Path, recipe_name: str, calibration: CalibrationSpe
     if params["scheme"] in ("W4A16",):
         params["group_size"] = group_size_for(reference)
     needs_data = params["scheme"] != "FP8_DYNAMIC"
+    from ..engines.base import cpu_dtype
+
+    compute_dtype = cpu_dtype()  # the quantizer runs on CPU here (no CUDA torch in .venv-quant)
     key_parts = {"reference": fingerprint(reference), "recipe": recipe_name, "params": params,
+                 "compute_dtype": compute_dtype,
                  "calibration": asdict(calibration) if needs_data else None, "llmcompressor": _tool_version(python)}
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()
     target = cache_dir("checkpoints") / f"{recipe_name}-{key[:16]}"
@@ -117,6 +121,7 @@ def produce(reference: str | Path, recipe_name: str, calibration: CalibrationSpe
             return target
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{recipe_name}-") as tmp:
             job = {"reference": str(reference), "params": params, "output": str(Path(tmp) / "out"),
+                   "compute_dtype": compute_dtype,
                    "calibration_ids": calibration_ids(reference, calibration) if needs_data else []}
             job_file = Path(tmp) / "job.json"
             job_file.write_text(json.dumps(job), encoding="utf-8")

@@ -30,6 +30,16 @@ class EngineInfo:
     device: str = "cpu"
 
 
+def cpu_dtype() -> str:
+    """bfloat16 only where the CPU has native bf16 matmul (avx512_bf16/AMX): elsewhere torch emulates it,
+    ~100x slower than float32 (measured on an AMD EPYC without avx512_bf16: 2.9 s vs 0.026 s per 2Kx576x1536)."""
+    try:
+        flags = open("/proc/cpuinfo", encoding="utf-8").read()
+    except OSError:
+        return "float32"
+    return "bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"
+
+
 class Engine(Protocol):
     info: EngineInfo
     max_model_len: int

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..schema import Sample
-from .base import EngineInfo, Output
+from .base import EngineInfo, Output, cpu_dtype
 from .vllm import EngineError
 
 
@@ -90,6 +90,8 @@ class OpenAIEngine:
         self.server: ManagedServer | None = None
         if managed:
             args = list(serve_args or [])
+            if "--dtype" not in args and device == "cpu":
+                args += ["--dtype", cpu_dtype()]  # emulated bf16 is ~100x slower on CPUs without it
             if max_model_len and "--max-model-len" not in args:
                 args += ["--max-model-len", str(max_model_len)]
             if inflight:

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from ..errors import LongquantError
 from ..schema import Sample
-from .base import EngineInfo, Output
+from .base import EngineInfo, Output, cpu_dtype
 
 
 class EngineError(LongquantError, RuntimeError):
@@ -91,7 +91,7 @@ def _worker(conn, model_path: str, settings: dict[str, Any]) -> None:
 class VLLMEngine:
     def __init__(self, model_path: str, device: str = "cpu", in_process: bool = False, start_timeout: float = 900,
                  inflight: dict | None = None, **settings: Any):
-        settings = {"dtype": "bfloat16", "enable_prefix_caching": False, "seed": 0, **settings, "device": device}
+        settings = {"dtype": "bfloat16" if device.startswith("cuda") else cpu_dtype(), "enable_prefix_caching": False, "seed": 0, **settings, "device": device}
         if device == "cpu":
             settings.setdefault("enforce_eager", True)  # CPU: compile takes minutes at each start
         if inflight:
