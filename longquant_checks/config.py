@@ -106,7 +106,7 @@ class GateConfig(_Strict):
     device: Literal["cpu", "cuda", "auto"] = "auto"
     engine_args: dict[str, Any] = Field(default_factory=dict)  # shared by reference and candidates
     tasks: list[str] | Literal["all"] = Field(default_factory=lambda: ["niah_single_1"])
-    buckets: list[str | int] | Literal["all"] = Field(default_factory=lambda: ["4K"])
+    buckets: list[str | int] | Literal["all"] = Field(default_factory=lambda: [4096])
     languages: list[str] | Literal["all"] = Field(default_factory=lambda: ["en"])
     samples: int = Field(default=50, ge=1, le=100_000)
     seed: int = 0
@@ -211,7 +211,16 @@ def _describe(error: dict[str, Any], data: dict[str, Any]) -> str:
 
 
 def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
+    """Validate a config dict; `preset = "<name>"` starts from a bundled preset (docs/presets.md)."""
     where = str(path) if path else "config"
+    if "preset" in data:
+        from .presets import load_preset, merge_preset
+
+        user = dict(data)
+        try:
+            data = merge_preset(load_preset(str(user.pop("preset"))), user)
+        except LongquantError as exc:
+            raise ConfigError(f"{where}: preset: {exc}") from None
     try:
         return Config(GateConfig.model_validate(data), path)
     except ValidationError as exc:

@@ -30,7 +30,26 @@ def build_recipe(params):
         else:
             weights.update(strategy="channel")
         return [GPTQModifier(config_groups={"group_0": {"targets": ["Linear"], "weights": weights}}, ignore=ignore)]
+    if scheme == "W4A16_ASYM":  # AWQ: a smoothing transform, then asymmetric int4 groups
+        from llmcompressor.modifiers.transform.awq import AWQModifier
+
+        weights = {"num_bits": 4, "type": "int", "symmetric": False, "strategy": "group",
+                   "group_size": params["group_size"]}
+        return [AWQModifier(n_grid=params.get("n_grid", 20)),
+                QuantizationModifier(config_groups={"group_0": {"targets": ["Linear"], "weights": weights}},
+                                     ignore=ignore)]
     raise SystemExit(f"unknown scheme {scheme}")
+
+
+def allow_awq_without_accelerator():
+    """llmcompressor 0.14's AWQ pins cached activations for faster host-to-device copies; on a CPU-only torch
+    `Tensor.pin_memory()` raises ("Cannot access accelerator device"). Pinning only speeds transfers, so
+    skip it when there is no accelerator. Drop this when upstream checks for one."""
+    import torch
+    from llmcompressor.pipelines.cache import IntermediatesCache
+
+    if not torch.accelerator.is_available():
+        IntermediatesCache.pin_memory = lambda self, batch_index, input_names=None: None
 
 
 def main(job_path):
@@ -46,6 +65,8 @@ def main(job_path):
     model = AutoModelForCausalLM.from_pretrained(job["reference"], dtype=compute, use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(job["reference"])
     recipe = build_recipe(job["params"])
+    if job["params"]["scheme"] == "W4A16_ASYM":
+        allow_awq_without_accelerator()
     calibration = job["calibration_ids"]
     kwargs = {}
     if calibration:

@@ -100,12 +100,9 @@ def produce(reference: str | Path, recipe_name: str, calibration: CalibrationSpe
     recipe = get_recipe(recipe_name)
     if recipe.kind != "llmcompressor":
         raise QuantizeError(f"recipe {recipe_name!r} is applied while loading, not produced; pass it to the engine")
-    if recipe_name == "awq-w4a16":
-        raise QuantizeError("awq-w4a16 is not produced yet: llmcompressor's AWQ calls Tensor.pin_memory(), which fails "
-                            "on a CPU-only torch; produce it on a GPU machine and give it as a `source`")
     python = quant_python()
     params = dict(recipe.params)
-    if params["scheme"] in ("W4A16",):
+    if params["scheme"] in ("W4A16", "W4A16_ASYM"):
         params["group_size"] = group_size_for(reference)
     needs_data = params["scheme"] != "FP8_DYNAMIC"
     from ..engines.base import cpu_dtype

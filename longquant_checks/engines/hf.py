@@ -17,8 +17,10 @@ from .base import EngineInfo, Output, cpu_dtype
 class HFEngine:
     def __init__(self, model_path: str, dtype: str = "auto", device: str | None = None, batch_size: int = 4,
                  trust_remote_code: bool = False, max_model_len: int | None = None,
-                 inflight: dict | None = None):
-        """`inflight`: a bitsandbytes recipe's params ({"method": "bitsandbytes", "bits": 4|8, ...})."""
+                 inflight: dict | None = None, kv_cache: dict | None = None):
+        """`inflight`: a bitsandbytes recipe's params ({"method": "bitsandbytes", "bits": 4|8, ...}).
+        `kv_cache`: a quantized KV cache, transformers' QuantizedCache args, e.g. {"backend": "quanto", "nbits": 4}
+        (needs optimum-quanto: the `kvquant` extra)."""
         import torch
         import transformers
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -30,6 +32,15 @@ class HFEngine:
             dtype = "bfloat16" if self.device.startswith("cuda") else cpu_dtype()
         kwargs = {"dtype": getattr(torch, dtype), "trust_remote_code": trust_remote_code, "use_safetensors": True}
         settings = {"dtype": dtype, "batch_size": batch_size, "torch": torch.__version__}
+        self.kv_cache = dict(kv_cache) if kv_cache else None
+        if self.kv_cache:
+            self.kv_cache.setdefault("backend", "quanto")
+            if self.kv_cache["backend"] == "quanto":
+                try:
+                    import optimum.quanto  # noqa: F401
+                except ImportError:
+                    raise ImportError("a quanto KV cache needs optimum-quanto: pip install -e '.[kvquant]'") from None
+            settings["kv_cache"] = dict(self.kv_cache)
         if inflight:
             kwargs["quantization_config"] = self._bitsandbytes_config(inflight, getattr(torch, dtype))
             settings["inflight"] = dict(inflight)
@@ -86,6 +97,7 @@ class HFEngine:
                 generated = self.model.generate(
                     input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device),
                     max_new_tokens=budget, do_sample=False, pad_token_id=self.pad_id,
+                    **({"cache_implementation": "quantized", "cache_config": dict(self.kv_cache)} if self.kv_cache else {}),
                 )
             seconds = (time.perf_counter() - t0) / len(batch)
             eos = self.model.generation_config.eos_token_id
