@@ -159,7 +159,7 @@ class Config:
 
     def resolve(self, value: str) -> Path:
         p = Path(value).expanduser()
-        return p if p.is_absolute() else self.root / p
+        return p if p.is_absolute() else (self.root / p).resolve()  # messages show /x/baselines, not /x/fixtures/../baselines
 
     @property
     def baseline_dir(self) -> Path:

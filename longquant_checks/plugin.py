@@ -146,7 +146,15 @@ def gate_run(config: pytest.Config, near: Path | None = None) -> GateRun:
         reporter = config.pluginmanager.get_plugin("terminalreporter")
         progress = None
         if reporter is not None and not os.environ.get("PYTEST_XDIST_WORKER"):
-            progress = lambda msg: reporter.write_line(f"longquant: {msg}")  # noqa: E731
+            capture = config.pluginmanager.get_plugin("capturemanager")
+
+            def progress(msg: str) -> None:
+                # Runs inside tests (models load lazily there): without this, output capture would swallow it.
+                if capture is None:
+                    reporter.write_line(f"longquant: {msg}")
+                    return
+                with capture.global_and_fixture_disabled():
+                    reporter.write_line(f"longquant: {msg}")
         baseline_dir = _opt(config, "baseline_dir")
         config.stash[_RUN] = GateRun(
             cfg, engine=_opt(config, "engine"), limit=config.getoption("--lq-limit"), seed=config.getoption("--lq-seed"),
@@ -159,9 +167,9 @@ def gate_run(config: pytest.Config, near: Path | None = None) -> GateRun:
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
     if _config_path(config) is None:
         return None
-    try:
+    try:  # a bad config stops the session here with exit 4 and the message on stderr (UsageError propagates)
         lines = gate_run(config).header().splitlines()
-    except (pytest.UsageError, LongquantError) as exc:
+    except LongquantError as exc:
         return [f"longquant: {exc}"]
     config.stash[_HEADER] = True
     return lines

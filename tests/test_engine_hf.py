@@ -54,3 +54,25 @@ def test_quantized_kv_cache_candidate(demo_path, samples, reference_outputs):
     print(f"quanto int4 KV cache: mean score {sum(scores) / len(scores):.2f}, same text as the reference on {agreement:.0%}")
     assert all(o.text.strip() for o in outputs)
     assert sum(scores) >= 1  # a 4-bit KV cache at 1K still finds a needle
+
+
+def test_batch_is_halved_on_out_of_memory_and_answers_stay_the_same(demo_path, samples, reference_outputs):
+    """An injected allocator failure for batches over 1 (what a long bucket does on a small GPU): the engine retries
+    the same prompts at half the batch, keeps the smaller size, and greedy answers match the unfailed run."""
+    import torch
+
+    with open_engine("hf", str(demo_path), batch_size=3) as engine:
+        real = engine.model.generate
+
+        def generate(*args, input_ids, **kwargs):
+            if input_ids.shape[0] > 1:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return real(*args, input_ids=input_ids, **kwargs)
+
+        engine.model.generate = generate
+        outputs = engine.generate(samples)
+        assert engine.batch_size_reductions == [1] and engine.batch_size == 1
+        assert [o.text for o in outputs] == [o.text for o in reference_outputs]
+        with pytest.raises(MemoryError, match="even at batch size 1"):
+            engine.model.generate = lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError("out of memory"))
+            engine.generate(samples[:1])

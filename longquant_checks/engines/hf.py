@@ -52,7 +52,8 @@ class HFEngine:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         config = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
         self.max_model_len = max_model_len or getattr(config, "max_position_embeddings", 0)
-        self.batch_size = batch_size
+        self.batch_size = batch_size  # halved on out-of-memory, kept for later batches (greedy: same answers)
+        self.batch_size_reductions: list[int] = []
         self.info = EngineInfo("hf", transformers.__version__, settings, self.device)
 
     @staticmethod
@@ -72,47 +73,76 @@ class HFEngine:
 
     def __exit__(self, *exc: object) -> None:
         del self.model
+        self._release_cache()
+
+    def generate(self, samples: Sequence[Sample], max_new_tokens: int | None = None) -> list[Output]:
+        # Similar lengths together keep padding small; results are returned in the input order.
+        order = sorted(range(len(samples)), key=lambda i: samples[i].n_tokens)
+        by_index: dict[int, Output] = {}
+        start = 0
+        while start < len(order):
+            batch = [samples[i] for i in order[start:start + self.batch_size]]
+            try:
+                outputs = self._generate_batch(batch, max_new_tokens)
+            except Exception as exc:  # out of memory: halve the batch and retry it (long buckets on small GPUs)
+                if not _is_out_of_memory(exc) or len(batch) == 1:
+                    if _is_out_of_memory(exc):
+                        raise MemoryError(f"one prompt of {batch[0].n_tokens} tokens does not fit in memory on "
+                                          f"{self.device} even at batch size 1: use a larger device, a smaller "
+                                          f"bucket, or the vllm engine (paged KV cache)") from exc
+                    raise
+                self.batch_size = max(1, len(batch) // 2)
+                self.batch_size_reductions.append(self.batch_size)
+                self._release_cache()
+                continue
+            for row, out in enumerate(outputs):
+                by_index[order[start + row]] = out
+            start += len(batch)
+        return [by_index[i] for i in range(len(samples))]
+
+    def _generate_batch(self, batch: Sequence[Sample], max_new_tokens: int | None) -> list[Output]:
+        torch = self._torch
+        budget = max_new_tokens or max(s.max_new_tokens for s in batch)
+        width = max(s.n_tokens for s in batch)
+        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, s in enumerate(batch):
+            input_ids[row, width - s.n_tokens:] = torch.tensor(s.prompt_token_ids)
+            attention[row, width - s.n_tokens:] = 1
+        t0 = time.perf_counter()
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")  # once per matmul with int8
+            generated = self.model.generate(
+                input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device),
+                max_new_tokens=budget, do_sample=False, pad_token_id=self.pad_id,
+                **({"cache_implementation": "quantized", "cache_config": dict(self.kv_cache)} if self.kv_cache else {}),
+            )
+        seconds = (time.perf_counter() - t0) / len(batch)
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
+        outputs = []
+        for row, s in enumerate(batch):
+            new = generated[row, width:].tolist()
+            finish = "length"
+            for k, tid in enumerate(new):
+                if tid in eos_ids:
+                    new, finish = new[:k], "stop"
+                    break
+            limit = max_new_tokens or s.max_new_tokens
+            if len(new) > limit:  # a batch-mate had a larger budget
+                new, finish = new[:limit], "length"
+            text = self.tokenizer.decode(new, skip_special_tokens=True)
+            outputs.append(Output(s.id, text, s.n_tokens, len(new), seconds, finish))
+        return outputs
+
+    def _release_cache(self) -> None:
         gc.collect()
         if self.device.startswith("cuda"):
             self._torch.cuda.empty_cache()
 
-    def generate(self, samples: Sequence[Sample], max_new_tokens: int | None = None) -> list[Output]:
-        torch = self._torch
-        outputs: list[Output] = []
-        # Similar lengths together keep padding small; results are returned in the input order.
-        order = sorted(range(len(samples)), key=lambda i: samples[i].n_tokens)
-        by_index: dict[int, Output] = {}
-        for start in range(0, len(order), self.batch_size):
-            batch = [samples[i] for i in order[start:start + self.batch_size]]
-            budget = max_new_tokens or max(s.max_new_tokens for s in batch)
-            width = max(s.n_tokens for s in batch)
-            input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-            attention = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, s in enumerate(batch):
-                input_ids[row, width - s.n_tokens:] = torch.tensor(s.prompt_token_ids)
-                attention[row, width - s.n_tokens:] = 1
-            t0 = time.perf_counter()
-            with torch.inference_mode(), warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")  # once per matmul with int8
-                generated = self.model.generate(
-                    input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device),
-                    max_new_tokens=budget, do_sample=False, pad_token_id=self.pad_id,
-                    **({"cache_implementation": "quantized", "cache_config": dict(self.kv_cache)} if self.kv_cache else {}),
-                )
-            seconds = (time.perf_counter() - t0) / len(batch)
-            eos = self.model.generation_config.eos_token_id
-            eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
-            for row, s in enumerate(batch):
-                new = generated[row, width:].tolist()
-                finish = "length"
-                for k, tid in enumerate(new):
-                    if tid in eos_ids:
-                        new, finish = new[:k], "stop"
-                        break
-                limit = max_new_tokens or s.max_new_tokens
-                if len(new) > limit:  # a batch-mate had a larger budget
-                    new, finish = new[:limit], "length"
-                text = self.tokenizer.decode(new, skip_special_tokens=True)
-                by_index[order[start + row]] = Output(s.id, text, s.n_tokens, len(new), seconds, finish)
-        outputs = [by_index[i] for i in range(len(samples))]
-        return outputs
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's failure (a RuntimeError naming the allocation)."""
+    text = str(exc)
+    return (type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError)
+            or "out of memory" in text.lower() or "can't allocate memory" in text)

@@ -42,7 +42,7 @@ def _numbered(words: list[str]) -> tuple[list[str], list[str]]:
 class CommonWordsExtraction(Task):
     name = "cwe"
     family = "cwe"
-    version = "1"
+    version = "2"  # 2: extra occurrences stay below the common frequency when it is scaled down to 2
     metric = "all"
     description = "common words extraction: the 10 words repeated most often in a numbered word list"
 
@@ -111,11 +111,12 @@ class CommonWordsExtraction(Task):
             if not add(word, freq_u):
                 break
             counts[word] = freq_u
+        extra_cap = min(2 * freq_u, freq_c - 1)  # strictly below common, also when common is scaled down to 2
         added = True
         while added:  # then single extra occurrences to fill the bucket, staying well below common
             added = False
             for word in uncommon:
-                if counts[word] < max(2 * freq_u, 1) and add(word, 1):
+                if counts[word] < extra_cap and add(word, 1):
                     counts[word] += 1
                     added = True
         # A list item costs 4-7 tokens, so up to that much room can remain: close it by swapping single

@@ -1,0 +1,62 @@
+"""The embedded default gate (fixtures/longquant.toml) against its committed baselines, for real on CPU."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from longquant_checks.config import load_config
+
+pytest_plugins = ["pytester"]
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "fixtures" / "longquant.toml"
+
+
+def test_demo_config_is_valid_and_spans_8_and_4_bit():
+    config = load_config(DEMO)
+    precisions = {c.recipe for c in config.gate.candidates}
+    assert {"bnb-int8", "gptq-w8a16", "bnb-nf4"} <= precisions
+    assert config.baseline_dir.resolve() == (REPO / "baselines").resolve()
+
+
+def test_committed_baselines_cover_the_demo_plan():
+    from longquant_checks.baselines import BaselineStore
+    from longquant_checks.plan import plan_cells
+
+    config = load_config(DEMO)
+    g = config.gate
+    store = BaselineStore(config.baseline_dir, config.reference_name)
+    planned = {p.cell for p in plan_cells(g.tasks, g.buckets, g.languages)}
+    stored = set(store.cells())
+    assert planned <= stored, f"missing baselines: {sorted(c.id for c in planned - stored)}"
+    for cell in planned:
+        entry = store.get(cell)
+        assert entry.n == g.samples and entry.engine["kind"] == "hf" and entry.seed == g.seed
+
+
+@pytest.mark.model
+def test_reference_rerun_passes_against_committed_baselines(pytester):
+    """Same prompts, same engine and dtype: a fresh reference run reproduces the committed baselines (first 3
+    samples of every cell; --lq-limit compares the same prefix)."""
+    data = tomllib.loads(DEMO.read_text())
+    data.update(rerun_reference=True, candidates=[], baseline_dir=str(REPO / "baselines"),
+                results_dir=str(pytester.path / "results"))
+    lines = []
+    for key, value in data.items():
+        if key in ("calibration", "candidates"):
+            continue
+        if isinstance(value, dict):
+            value = "{ " + ", ".join(f"{k} = {v!r}".replace("'", '"') for k, v in value.items()) + " }"
+        elif isinstance(value, (list, str, bool)):
+            value = repr(value).replace("'", '"').replace("True", "true").replace("False", "false")
+        lines.append(f"{key} = {value}")
+    pytester.makefile(".toml", longquant="\n".join(lines) + "\n")
+    pytester.makepyfile(test_gate="def test_long_context(lq_cell):\n    lq_cell.check()\n")
+    result = pytester.runpytest("--lq-limit", "3", "-p", "no:cacheprovider")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed", 0) == 0, result.stdout.str()[-3000:]
+    cells = len(data["tasks"]) * len(data["buckets"]) * len(data["languages"])
+    assert outcomes["passed"] == cells + 1  # every cell and the aggregate
+    result.stdout.fnmatch_lines(["*reference: average delta +0.00*"])
