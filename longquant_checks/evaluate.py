@@ -130,6 +130,11 @@ class CheckpointRunner:
         found = self.store.load(self.label, cell, key)
         if found is not None:
             return found
+        with self.store.lock(self.label, cell, key):
+            found = self.store.load(self.label, cell, key)  # finished by another process while we waited
+            return found if found is not None else self._compute(cell, samples, task, key)
+
+    def _compute(self, cell: Cell, samples, task, key: str) -> CellResult:
         engine = self.engine
         if samples and max(s.n_tokens + s.max_new_tokens for s in samples) > engine.max_model_len > 0:
             raise LongquantError(f"cell {cell.id} needs {max(s.n_tokens + s.max_new_tokens for s in samples)} tokens, "

@@ -98,6 +98,14 @@ class ResultStore:
                           header.get("engine", {}), header.get("task_version", ""), header.get("seed", 0),
                           header.get("created", ""), str(path), reused=True)
 
+    def lock(self, checkpoint: str, cell: Cell, key: str):
+        """Held while a cell is computed: a second process (another xdist worker) waits, then reuses the result."""
+        from filelock import FileLock
+
+        path = self.path_for(checkpoint, cell, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(path) + ".lock")
+
     def save(self, result: CellResult) -> Path:
         path = self.path_for(result.checkpoint, result.cell, result.key)
         result.created = result.created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

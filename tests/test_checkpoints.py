@@ -34,6 +34,18 @@ def checkpoint_copy(tmp_path, demo_path):
     return copy
 
 
+def test_fingerprint_ignores_a_resave_by_another_transformers(checkpoint_copy, demo_path):
+    """Another transformers version re-saving config.json (its stamp, key order, indentation) is the same checkpoint:
+    baselines must not go stale when a user upgrades transformers."""
+    config = json.loads((checkpoint_copy / "config.json").read_text())
+    config["transformers_version"] = "9.99.0"
+    (checkpoint_copy / "config.json").write_text(json.dumps(dict(reversed(list(config.items())))))
+    assert fingerprint(checkpoint_copy) == fingerprint(demo_path)
+    config["max_position_embeddings"] = 4096
+    (checkpoint_copy / "config.json").write_text(json.dumps(config))
+    assert fingerprint(checkpoint_copy) != fingerprint(demo_path)
+
+
 def test_fingerprint_is_stable_and_sees_config_tokenizer_and_weights(checkpoint_copy, demo_path):
     assert fingerprint(checkpoint_copy) == fingerprint(demo_path)
     config = json.loads((checkpoint_copy / "config.json").read_text())

@@ -54,7 +54,7 @@ def test_reference_rerun_passes_against_committed_baselines(pytester):
         lines.append(f"{key} = {value}")
     pytester.makefile(".toml", longquant="\n".join(lines) + "\n")
     pytester.makepyfile(test_gate="def test_long_context(lq_cell):\n    lq_cell.check()\n")
-    result = pytester.runpytest("--lq-limit", "3", "-p", "no:cacheprovider")
+    result = pytester.runpytest_subprocess("--lq-limit", "3", "-p", "no:cacheprovider")
     outcomes = result.parseoutcomes()
     assert outcomes.get("failed", 0) == 0, result.stdout.str()[-3000:]
     cells = len(data["tasks"]) * len(data["buckets"]) * len(data["languages"])

@@ -85,11 +85,30 @@ def fingerprint(path: str | Path) -> str:
     for name in ("config.json", "generation_config.json", *_TOKENIZER_FILES):
         file = root / name
         if file.is_file():
-            digest.update(name.encode() + b"\x00" + file.read_bytes() + b"\x00")
+            digest.update(name.encode() + b"\x00" + _content(file) + b"\x00")
     for tensor_file in check_safe_weights(root):
         digest.update(f"{tensor_file.name}\x00{tensor_file.stat().st_size}\x00".encode())
         digest.update(_safetensors_header(tensor_file))
     return digest.hexdigest()
+
+
+# Stamps a writer adds that say nothing about the model: a re-save by another transformers is the same checkpoint.
+_WRITER_STAMPS = ("transformers_version",)
+
+
+def _content(file: Path) -> bytes:
+    """A file's bytes for the fingerprint; JSON configs canonically (sorted keys, writer stamps dropped)."""
+    raw = file.read_bytes()
+    if file.name not in ("config.json", "generation_config.json"):
+        return raw
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return raw
+    if isinstance(data, dict):
+        for key in _WRITER_STAMPS:
+            data.pop(key, None)
+    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
 
 def read_config(path: str | Path) -> dict[str, Any]:

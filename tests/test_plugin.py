@@ -1,0 +1,234 @@
+"""The pytest plugin through pytester, for real: the demo model on CPU with the transformers engine.
+
+Every inner run is a subprocess (in-process runs of a session that loads torch and tokenizers twice crashed the
+interpreter in garbage collection). Cells are tiny (niah_single_1 at 1K, 5 samples: the fewest at which an all-wrong candidate is significant) and share one results folder, so each model output is
+computed once for the whole file and later runs exercise the plugin's logic from the resume cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+pytestmark = pytest.mark.model
+
+TEST_FILE = "def test_long_context(lq_cell):\n    lq_cell.check()\n"
+
+
+@pytest.fixture(autouse=True)
+def not_in_ci(monkeypatch):
+    """These runs update baselines on purpose (in a temporary folder); CI's refusal is tested on its own."""
+    monkeypatch.delenv("CI", raising=False)
+
+
+@pytest.fixture(scope="module")
+def shared_results(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("results")
+
+
+@pytest.fixture(scope="module")
+def damaged(demo_path, tmp_path_factory) -> Path:
+    """The demo model with every Linear weight rounded to 3 levels per row: a deliberately broken candidate."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path_factory.mktemp("damaged")
+    for f in Path(demo_path).iterdir():
+        if f.suffix != ".safetensors" and f.is_file():
+            shutil.copy(f, out / f.name)
+    tensors = load_file(str(next(Path(demo_path).glob("*.safetensors"))))
+    for name, t in tensors.items():
+        if t.ndim == 2 and "embed" not in name:
+            scale = t.abs().amax(dim=1, keepdim=True).clamp(min=1e-8)
+            tensors[name] = (torch.round(t / scale) * scale).to(t.dtype).contiguous()
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return out
+
+
+def write_config(pytester, demo_path, results, *, candidates: str, tasks=("niah_single_1",), buckets=("1K",),
+                 languages=("en",), samples=5, extra="") -> None:
+    def toml_list(xs):
+        return "[" + ", ".join(f'"{x}"' for x in xs) + "]"
+
+    pytester.makefile(".toml", longquant=f"""
+reference = "demo"
+engine = "hf"
+device = "cpu"
+tasks = {toml_list(tasks)}
+buckets = {toml_list(buckets)}
+languages = {toml_list(languages)}
+samples = {samples}
+results_dir = "{results}"
+{extra}
+{candidates}
+""")
+    pytester.makepyfile(test_gate=TEST_FILE)
+
+
+SAME = '[[candidates]]\nname = "same"\nsource = "{}"\nprecision = "8-bit"\n'
+DAMAGED = '[[candidates]]\nname = "damaged"\nsource = "{}"\nprecision = "4-bit"\n'
+
+
+def test_ids_skips_and_missing_baselines(pytester, demo_path, shared_results):
+    write_config(pytester, demo_path, shared_results, candidates=SAME.format(demo_path), buckets=("1K", "16K"))
+    ids = pytester.runpytest_subprocess("--collect-only", "-q").stdout.lines
+    assert "test_gate.py::test_long_context[same-niah_single_1-1K-en]" in ids
+    assert "test_gate.py::test_long_context[same-niah_single_1-16K-en]" in ids
+    assert "test_gate.py::test_long_context[same-aggregate]" in ids
+    result = pytester.runpytest_subprocess("-rs")
+    result.assert_outcomes(failed=1, skipped=2)
+    result.stdout.fnmatch_lines(["*no baseline for niah_single_1-1K-en*--lq-update-baselines=missing*",
+                                 "*1 missing baselines*", "*exceeds the model's max length 8192*"])
+
+
+def test_update_missing_then_gate_passes_and_damaged_fails(pytester, demo_path, damaged, shared_results):
+    write_config(pytester, demo_path, shared_results, candidates=SAME.format(demo_path) + DAMAGED.format(damaged))
+    result = pytester.runpytest_subprocess("--lq-update-baselines=missing", "--junitxml=junit.xml")
+    result.stdout.fnmatch_lines(["*+ niah_single_1-1K-en: new baseline, mean*(n=5)*", "*1 updated*"])
+    baseline = pytester.path / "baselines" / "SmolLM2-135M-Instruct" / "niah_single_1.jsonl"
+    entry = json.loads(baseline.read_text().splitlines()[0])
+    assert entry["n"] == 5 and entry["bucket"] == "1K" and len(entry["samples"]) == 5
+    assert entry["reference_fingerprint"] and entry["engine"]["kind"] == "hf" and entry["task_version"]
+    # The reference answers this cell; the damaged model does not: a readable failure.
+    assert entry["mean"] == 100.0
+    outcomes = result.parseoutcomes()
+    assert outcomes["passed"] == 2 and outcomes["failed"] == 2  # the damaged cell and its aggregate
+    result.stdout.fnmatch_lines(["*damaged-niah_single_1-1K-en*", "*FAIL: cell niah_single_1-1K-en, candidate 'damaged'*",
+                                 "*reference    100.0 points*", "*candidate      0.0 points*(n=5 paired samples)*",
+                                 "*delta       -100.0 points*", "*tolerance   10 points*",
+                                 "*per-sample outputs:*", "*[[tolerance.rules]]*"])
+    junit = (pytester.path / "junit.xml").read_text()
+    assert 'name="lq_delta" value="-100.0"' in junit and 'name="lq_checkpoint" value="damaged"' in junit
+    # Again, without updating: nothing changes, outputs come from the resume cache.
+    again = pytester.runpytest_subprocess()
+    assert again.parseoutcomes()["passed"] == 2
+    again.stdout.no_fnmatch_line("*engine ready*")
+    again.stdout.fnmatch_lines(["*candidate \\ task*", "*damaged*-100.0!*", "*0 updated*"])
+
+
+def test_ci_refuses_updates(pytester, demo_path, shared_results, monkeypatch):
+    write_config(pytester, demo_path, shared_results, candidates=SAME.format(demo_path))
+    monkeypatch.setenv("CI", "true")
+    result = pytester.runpytest_subprocess("--lq-update-baselines=missing")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*refused under CI=true*--lq-allow-ci-update*"])
+
+
+def test_mismatch_is_named_and_failed_mode_refreshes(pytester, demo_path, shared_results):
+    write_config(pytester, demo_path, shared_results, candidates=SAME.format(demo_path))
+    pytester.runpytest_subprocess("--lq-update-baselines=missing").assert_outcomes(passed=2)
+    baseline = pytester.path / "baselines" / "SmolLM2-135M-Instruct" / "niah_single_1.jsonl"
+    entry = json.loads(baseline.read_text())
+    entry["samples"][0]["prompt_sha256"] = "0" * 64
+    entry["task_version"] = "0"
+    baseline.write_text(json.dumps(entry) + "\n")
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(failed=1, skipped=1)
+    result.stdout.fnmatch_lines(["*task generator changed (baseline v0*1 of 5 prompts differ*"
+                                 "--lq-update-baselines=failed -k niah_single_1-1K-en*"])
+    fixed = pytester.runpytest_subprocess("--lq-update-baselines=failed")
+    fixed.assert_outcomes(passed=2)
+    fixed.stdout.fnmatch_lines(["*~ niah_single_1-1K-en: mean 100.0 -> 100.0*1 prompt(s) changed*"])
+    # `all` refreshes every selected cell even when nothing is wrong.
+    pytester.runpytest_subprocess("--lq-update-baselines=all").stdout.fnmatch_lines(["*~ niah_single_1-1K-en*", "*1 updated*"])
+
+
+def test_prune_needs_unfiltered_run_and_removes_unused(pytester, demo_path, shared_results):
+    write_config(pytester, demo_path, shared_results, candidates=SAME.format(demo_path))
+    pytester.runpytest_subprocess("--lq-update-baselines=missing").assert_outcomes(passed=2)
+    baseline = pytester.path / "baselines" / "SmolLM2-135M-Instruct" / "niah_single_1.jsonl"
+    entry = json.loads(baseline.read_text())
+    baseline.write_text(baseline.read_text() + json.dumps({**entry, "bucket": "2K"}) + "\n")
+    pytester.runpytest_subprocess().stdout.fnmatch_lines(["*1 unused*"])
+    filtered = pytester.runpytest_subprocess("--lq-prune-baselines", "-k", "same")
+    assert filtered.ret == pytest.ExitCode.USAGE_ERROR
+    filtered.stderr.fnmatch_lines(["*needs an unfiltered run (drop -k)*"])
+    pytester.runpytest_subprocess("--lq-prune-baselines").stdout.fnmatch_lines(["*pruned 1 unused baseline entries: niah_single_1-2K-en*"])
+    assert len(baseline.read_text().splitlines()) == 1
+
+
+def test_bad_config_names_key_value_and_accepted(pytester, demo_path, shared_results):
+    write_config(pytester, demo_path, shared_results,
+                 candidates='[[candidates]]\nname = "x"\nrecipe = "gptq-w3"\n', extra='mode = "fast"')
+    result = pytester.runpytest_subprocess()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    # Every problem at once, each naming the key, the accepted values and the bad value.
+    errors = result.stderr.str()
+    assert "2 problem(s)" in errors
+    assert "mode: Input should be 'default', 'strict' or 'point' (got 'fast')" in errors
+    assert "candidates['x'].recipe: unknown recipe; accepted: bnb-int8" in errors and "(got 'gptq-w3')" in errors
+
+
+def test_broken_candidate_is_one_error_and_session_goes_on(pytester, demo_path, shared_results, tmp_path):
+    (tmp_path / "pickled").mkdir()
+    (tmp_path / "pickled" / "config.json").write_text('{"model_type": "llama"}')
+    (tmp_path / "pickled" / "pytorch_model.bin").write_bytes(b"\x80")
+    write_config(pytester, demo_path, shared_results, candidates=(
+        SAME.format(demo_path) + f'[[candidates]]\nname = "missing"\nsource = "{tmp_path}/nowhere"\n'
+        f'[[candidates]]\nname = "pickled"\nsource = "{tmp_path}/pickled"\n'))
+    result = pytester.runpytest_subprocess("--lq-update-baselines=missing")
+    result.stdout.fnmatch_lines(["*missing*does not exist*fix the path*", "*pickled*safetensors only*"])
+    outcomes = result.parseoutcomes()
+    assert outcomes["passed"] == 2 and outcomes["failed"] == 2
+
+
+def test_xdist_groups_each_checkpoint_on_one_worker(pytester, demo_path, damaged, shared_results):
+    write_config(pytester, demo_path, shared_results, candidates=SAME.format(demo_path) + DAMAGED.format(damaged))
+    pytester.runpytest_subprocess("--lq-update-baselines=missing")
+    result = pytester.runpytest_subprocess("-n", "2", "-v")
+    workers: dict[str, set] = {}
+    for line in result.stdout.lines:
+        if line.startswith("[gw") and "test_long_context[" in line:
+            name = line.split("test_long_context[")[1].split("-")[0]
+            workers.setdefault(name, set()).add(line.split("]")[0])
+    assert set(workers) == {"same", "damaged"} and all(len(w) == 1 for w in workers.values()), workers
+    result.stdout.fnmatch_lines(["*longquant summary*", "*damaged*-100.0!*"])
+
+
+def test_interrupted_run_resumes(pytester, demo_path, shared_results, tmp_path):
+    """Ctrl-C after the first finished cell; the next run reuses it and runs only what is missing."""
+    results = tmp_path / "results"
+    write_config(pytester, demo_path, results, candidates=SAME.format(demo_path), languages=("en", "de"),
+                 samples=2)
+    env = {**os.environ, "CI": ""}
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--lq-update-baselines=missing", "-q"]
+    proc = subprocess.Popen(cmd, cwd=pytester.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 600
+    while not list(results.glob("cells/*/*.jsonl")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=300)
+    first = {p: p.stat().st_mtime_ns for p in results.glob("cells/*/*.jsonl")}
+    assert len(first) == 1, "interrupt after exactly the first finished cell"
+    done = subprocess.run(cmd, cwd=pytester.path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:]
+    after = {p: p.stat().st_mtime_ns for p in results.glob("cells/*/*.jsonl")}
+    assert len(after) == 4  # reference and candidate, two languages
+    for path, mtime in first.items():
+        assert after[path] == mtime, f"{path.name} was run again instead of reused"
+
+
+def test_checkpoint_engine_and_reference_fixtures(pytester, demo_path, shared_results):
+    """Users can write their own tests against each candidate: `lq_checkpoint` is parametrized over them."""
+    write_config(pytester, demo_path, shared_results, candidates=SAME.format(demo_path) + '[[candidates]]\n'
+                 'name = "int8"\nrecipe = "bnb-int8"\n')
+    pytester.makepyfile(test_fixtures="""
+def test_engine(lq_checkpoint, lq_engine, lq_reference):
+    assert lq_reference.precision == "16-bit"
+    assert lq_checkpoint.precision == "8-bit"
+    assert lq_engine.max_model_len == 8192
+    assert lq_engine.info.name == "hf"
+""")
+    result = pytester.runpytest_subprocess("test_fixtures.py", "-v")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*test_engine?same? PASSED*", "*test_engine?int8? PASSED*"])
