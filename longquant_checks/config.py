@@ -97,6 +97,7 @@ class CalibrationConfig(_Strict):
     tokens: int = Field(default=512, ge=16)
     languages: list[str] = Field(default_factory=lambda: ["en"])
     seed: int = 0
+    file: str | None = None  # your own calibration text (JSONL of {"text": ...} or .txt), relative to the config
 
 
 class GateConfig(_Strict):

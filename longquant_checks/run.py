@@ -168,7 +168,8 @@ class GateRun:
             c = self.config.candidate(name)
             g = self.config.gate
             calibration = CalibrationSpec(g.calibration.samples, g.calibration.tokens,
-                                          tuple(g.calibration.languages), g.calibration.seed)
+                                          tuple(g.calibration.languages), g.calibration.seed,
+                                          str(self.config.resolve(g.calibration.file)) if g.calibration.file else None)
             try:
                 # A relative local path is relative to the config file; anything else (a hub id) as written.
                 source = c.source

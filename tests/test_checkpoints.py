@@ -97,3 +97,30 @@ def test_support_table_skips_with_reasons():
     assert {r.precision for r in RECIPES.values()} == {"8-bit", "4-bit"}
     with pytest.raises(UnknownValueError, match="unknown recipe 'int3'"):
         get_recipe("int3")
+
+
+def test_calibration_from_a_users_file(demo_path, tmp_path):
+    """Calibration from the user's own text: JSONL of {"text": ...} or .txt, cut into `tokens`-long pieces; the cache
+    key follows the content, not the path; bad lines and missing files are named."""
+    from longquant_checks.checkpoints.produce import CalibrationSpec, QuantizeError, calibration_ids
+
+    text = "The quick brown fox jumps over the lazy dog. " * 40
+    jsonl = tmp_path / "calib.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"text": text}) for _ in range(3)) + "\n\n")
+    spec = CalibrationSpec(samples=4, tokens=64, file=str(jsonl))
+    ids = calibration_ids(demo_path, spec)
+    assert len(ids) == 4 and all(len(piece) == 64 for piece in ids)
+    txt = tmp_path / "calib.txt"
+    txt.write_text(text)
+    assert calibration_ids(demo_path, CalibrationSpec(samples=2, tokens=64, file=str(txt))) == ids[:2]
+    copy = tmp_path / "copy.jsonl"
+    copy.write_bytes(jsonl.read_bytes())
+    key = spec.key()
+    assert CalibrationSpec(samples=4, tokens=64, file=str(copy)).key() == key
+    jsonl.write_text(json.dumps({"text": text + " more"}) + "\n")
+    assert CalibrationSpec(samples=4, tokens=64, file=str(jsonl)).key() != key
+    jsonl.write_text('{"text": "fine"}\n{"prompt": "no text key"}\n')
+    with pytest.raises(QuantizeError, match='line 2: expected a JSON object with a "text" string'):
+        calibration_ids(demo_path, CalibrationSpec(file=str(jsonl)))
+    with pytest.raises(QuantizeError, match="calibration file .*nowhere.jsonl.*JSONL"):
+        calibration_ids(demo_path, CalibrationSpec(file=str(tmp_path / "nowhere.jsonl")))

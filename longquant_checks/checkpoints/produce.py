@@ -38,12 +38,29 @@ class QuantizeError(LongquantError, RuntimeError):
 
 @dataclass(frozen=True)
 class CalibrationSpec:
-    """Calibration text made locally from the task generators (no dataset download)."""
+    """Calibration text made locally from the task generators (no dataset download), or a user's own text file."""
 
     samples: int = 32
     tokens: int = 512
     languages: tuple[str, ...] = ("en",)
     seed: int = 0
+    file: str | None = None  # JSONL with one {"text": ...} per line, or a UTF-8 .txt; replaces the generated prompts
+
+    def key(self) -> dict:
+        """What the produced checkpoint depends on: the file's content, not its path."""
+        out = {k: v for k, v in asdict(self).items() if k != "file"}
+        if self.file:
+            out = {"samples": self.samples, "tokens": self.tokens,
+                   "file_sha256": hashlib.sha256(_read_calibration_file(Path(self.file))).hexdigest()}
+        return out
+
+
+def _read_calibration_file(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise QuantizeError(f"calibration file {path}: {exc.strerror or exc}; give a JSONL with one "
+                            '{"text": ...} per line, or a UTF-8 .txt file') from None
 
 
 def quant_python() -> str:
@@ -76,6 +93,8 @@ def calibration_ids(reference: str | Path, spec: CalibrationSpec) -> list[list[i
     from ..text.tokens import PromptTokenizer
 
     tok = PromptTokenizer.from_pretrained(reference)
+    if spec.file:
+        return _file_ids(tok, Path(spec.file), spec)
     task = get_task("niah_single_2")
     out: list[list[int]] = []
     per_language = -(-spec.samples // len(spec.languages))
@@ -83,6 +102,30 @@ def calibration_ids(reference: str | Path, spec: CalibrationSpec) -> list[list[i
     for language in spec.languages:
         for sample in task.generate(Cell("niah_single_2", bucket, language), tok, per_language, spec.seed):
             out.append(sample.prompt_token_ids[: spec.tokens])
+    return out[: spec.samples]
+
+
+def _file_ids(tok, path: Path, spec: CalibrationSpec) -> list[list[int]]:
+    """The user's text as calibration: each text tokenized and cut into `tokens`-long pieces, `samples` of them."""
+    raw = _read_calibration_file(path).decode("utf-8", errors="strict")
+    texts = []
+    if path.suffix == ".jsonl":
+        for number, line in enumerate(raw.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                texts.append(str(json.loads(line)["text"]))
+            except (ValueError, KeyError, TypeError):
+                raise QuantizeError(f'calibration file {path}, line {number}: expected a JSON object with a "text" '
+                                    f"string, got {line[:80]!r}") from None
+    else:
+        texts = [raw]
+    out = []
+    for text in texts:
+        ids = tok.encode(text)
+        out += [ids[i:i + spec.tokens] for i in range(0, len(ids), spec.tokens) if len(ids[i:i + spec.tokens]) >= 16]
+    if not out:
+        raise QuantizeError(f"calibration file {path} holds no text (at least 16 tokens are needed per sample)")
     return out[: spec.samples]
 
 
@@ -110,7 +153,7 @@ def produce(reference: str | Path, recipe_name: str, calibration: CalibrationSpe
     compute_dtype = cpu_dtype()  # the quantizer runs on CPU here (no CUDA torch in .venv-quant)
     key_parts = {"reference": fingerprint(reference), "recipe": recipe_name, "params": params,
                  "compute_dtype": compute_dtype,
-                 "calibration": asdict(calibration) if needs_data else None, "llmcompressor": _tool_version(python)}
+                 "calibration": calibration.key() if needs_data else None, "llmcompressor": _tool_version(python)}
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()
     target = cache_dir("checkpoints") / f"{recipe_name}-{key[:16]}"
     with FileLock(str(target) + ".lock"):
