@@ -44,3 +44,14 @@ def test_vllm_refuses_unsupported_recipes_with_the_reason(demo_path):
         open_engine("vllm", str(demo_path), recipe="bnb-nf4")
     with pytest.raises(UnsupportedError, match="needs CUDA"):
         open_engine("vllm", str(demo_path), recipe="fp8-inflight")
+
+
+def test_fp8_kv_cache_candidate_runs_on_cpu(demo_path, samples):
+    """A KV-cache candidate: the bf16 weights with vLLM's fp8 KV cache (the CPU attention backend supports it)."""
+    task, batch = samples
+    with open_engine("vllm", str(demo_path), max_model_len=4096, kv_cache_dtype="fp8") as engine:
+        assert engine.info.settings["kv_cache_dtype"] == "fp8"
+        out = engine.generate(batch)
+    scores = [task.score(s, o.text) for s, o in zip(batch, out)]
+    print(f"vLLM fp8 KV cache: mean score {sum(scores) / len(batch):.2f}")
+    assert sum(scores) >= 2, [o.text for o in out]
