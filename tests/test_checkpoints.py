@@ -124,3 +124,20 @@ def test_calibration_from_a_users_file(demo_path, tmp_path):
         calibration_ids(demo_path, CalibrationSpec(file=str(jsonl)))
     with pytest.raises(QuantizeError, match="calibration file .*nowhere.jsonl.*JSONL"):
         calibration_ids(demo_path, CalibrationSpec(file=str(tmp_path / "nowhere.jsonl")))
+
+
+def test_bad_checkpoints_are_one_clear_error_each(checkpoint_copy, monkeypatch):
+    """An architecture the engine does not know, a quantization it cannot run here, a hub id without network."""
+    from longquant_checks.checkpoints.resolve import check_engine_can_run, local_path
+
+    config = json.loads((checkpoint_copy / "config.json").read_text())
+    (checkpoint_copy / "config.json").write_text(json.dumps({**config, "model_type": "mystery_lm"}))
+    with pytest.raises(CheckpointError, match="model_type='mystery_lm' is not known.*trust_remote_code"):
+        check_engine_can_run(checkpoint_copy, "odd", "hf", "cpu")
+    bnb = {**config, "quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True}}
+    (checkpoint_copy / "config.json").write_text(json.dumps(bnb))
+    with pytest.raises(CheckpointError, match="quantization_config \\(bitsandbytes\\) cannot run on engine 'vllm'"):
+        check_engine_can_run(checkpoint_copy, "nf4", "vllm", "cpu")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointError, match="cannot download hub id nobody/no-such-model.*give the folder"):
+        local_path("nobody/no-such-model", "remote")
