@@ -59,6 +59,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         parser.addini(key, help_, default=None)
 
 
+def _is_worker(config: pytest.Config) -> bool:
+    """An xdist worker of this session. Not read from PYTEST_XDIST_WORKER: a pytest started from inside a worker
+    (pytester, a subprocess) inherits that variable but is a session of its own."""
+    return hasattr(config, "workerinput")
+
+
 def _opt(config: pytest.Config, name: str) -> Any:
     value = config.getoption(f"--lq-{name.replace('_', '-')}")
     if value in (None, []) and name in ("config", "engine", "mode", "baseline_dir", "report"):
@@ -88,9 +94,9 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.dist = "loadgroup"
     if getattr(config, "workerinput", {}).get("lq_loadgroup"):
         config.option.loadgroup = True  # workers read --dist from the command line, not from the controller
-    worker = os.environ.get("PYTEST_XDIST_WORKER")
-    if worker:
-        _pin_worker_resources(int(worker.removeprefix("gw")), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    if _is_worker(config):
+        info = config.workerinput
+        _pin_worker_resources(int(str(info["workerid"]).removeprefix("gw")), int(info.get("workercount", 1)))
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -178,7 +184,7 @@ def gate_run(config: pytest.Config, near: Path | None = None) -> GateRun:
             raise pytest.UsageError(str(exc)) from None
         reporter = config.pluginmanager.get_plugin("terminalreporter")
         progress = None
-        if reporter is not None and not os.environ.get("PYTEST_XDIST_WORKER"):
+        if reporter is not None and not _is_worker(config):
             capture = config.pluginmanager.get_plugin("capturemanager")
 
             def progress(msg: str) -> None:
@@ -211,7 +217,7 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
 def pytest_collection_finish(session: pytest.Session) -> None:
     # A config found next to the tests (not known when the header was printed): say it now.
     config = session.config
-    if _RUN in config.stash and not config.stash.get(_HEADER, False) and not os.environ.get("PYTEST_XDIST_WORKER"):
+    if _RUN in config.stash and not config.stash.get(_HEADER, False) and not _is_worker(config):
         reporter = config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             for line in config.stash[_RUN].header().splitlines():
@@ -340,7 +346,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _RUN in config.stash:
         config.stash[_RUN].close()
     rows = config.stash[_ROWS].rows
-    if os.environ.get("PYTEST_XDIST_WORKER") or not rows:
+    if _is_worker(config) or not rows:
         return
     run = gate_run(config)
     unused = []
@@ -379,7 +385,7 @@ def _summary(rows: list[dict[str, Any]], unused: list) -> dict[str, Any]:
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     rows = config.stash[_ROWS].rows
-    if not rows or os.environ.get("PYTEST_XDIST_WORKER"):
+    if not rows or _is_worker(config):
         return
     from .report.terminal import write_summary
 
