@@ -13,6 +13,7 @@ worker loads a checkpoint once and decides its cells together.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -114,12 +115,14 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
     xdist's own grouping."""
     if config.getvalue("dist") != "loadgroup":
         return None
-    near = next((Path(a.split("::")[0]) for a in config.args if Path(a.split("::")[0]).exists()), None)
+    # The controller collects nothing: find the config from the first path argument (e.g. `pytest fixtures -n 2`).
+    paths = [Path(arg.split("::")[0]) for arg in config.args]
+    near = next((p if p.is_dir() else p.parent for p in paths if p.exists()), None)
     try:
-        names = set(gate_run(config, (near if near is None or near.is_dir() else near.parent)).checkpoint_names())
-    except (pytest.UsageError, LongquantError):
-        return None
-    from xdist.scheduler import LoadGroupScheduling
+        names = set(gate_run(config, near).checkpoint_names())
+        from xdist.scheduler import LoadGroupScheduling
+    except (pytest.UsageError, LongquantError, ImportError):
+        return None  # no gate config here (or another xdist): xdist's own scheduler
 
     class CheckpointGroups(LoadGroupScheduling):
         def _split_scope(self, nodeid: str) -> str:
@@ -189,10 +192,7 @@ def gate_run(config: pytest.Config, near: Path | None = None) -> GateRun:
 
             def progress(msg: str) -> None:
                 # Runs inside tests (models load lazily there): without this, output capture would swallow it.
-                if capture is None:
-                    reporter.write_line(f"longquant: {msg}")
-                    return
-                with capture.global_and_fixture_disabled():
+                with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
                     reporter.write_line(f"longquant: {msg}")
         baseline_dir = _opt(config, "baseline_dir")
         config.stash[_RUN] = GateRun(

@@ -48,11 +48,10 @@ class CalibrationSpec:
 
     def key(self) -> dict:
         """What the produced checkpoint depends on: the file's content, not its path."""
-        out = {k: v for k, v in asdict(self).items() if k != "file"}
-        if self.file:
-            out = {"samples": self.samples, "tokens": self.tokens,
-                   "file_sha256": hashlib.sha256(_read_calibration_file(Path(self.file))).hexdigest()}
-        return out
+        if not self.file:
+            return {k: v for k, v in asdict(self).items() if k != "file"}
+        return {"samples": self.samples, "tokens": self.tokens,
+                "file_sha256": hashlib.sha256(_read_calibration_file(Path(self.file))).hexdigest()}
 
 
 def _read_calibration_file(path: Path) -> bytes:
