@@ -1,9 +1,12 @@
 """The baseline store: the reference's per-sample scores, committed under `baselines/`.
 
-Keyed by our own semantic key (reference, task, bucket, language), never by a pytest node id.
-One file per (reference, task), `baselines/<reference>/<task>.jsonl`, one entry per line sorted by
-(bucket, language), so a refresh shows up as a reviewable line diff. Writes are atomic and made
-under a file lock (several xdist workers may refresh entries of the same task file at once).
+Keyed by our own semantic key (reference, engine setup, task, bucket, language), never by a pytest node id.
+A baseline belongs to the engine setup that made it (setups.py: engine kind, dtype, device class, KV-cache dtype,
+max length, RoPE overrides), so each candidate meets the reference's numbers from its own kind of engine.
+One file per (reference, setup, task), `baselines/<reference>/<setup>/<task>.jsonl`, one entry per line sorted by
+(bucket, language), so a refresh shows up as a reviewable line diff. Each sample keeps the reference's answer
+text, so a changed scorer re-scores the baseline without running the model. Writes are atomic and made under a
+file lock (several xdist workers may refresh entries of the same task file at once).
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from filelock import FileLock
 from .errors import LongquantError
 from .results import CellResult
 from .schema import Cell, Sample, bucket_label, parse_bucket
+from .setups import setup_differences
 from .storage import write_text_atomic
 
-BASELINE_SCHEMA = 1
+BASELINE_SCHEMA = 2
 
 
 class BaselineError(LongquantError):
@@ -36,7 +40,8 @@ class BaselineEntry:
     language: str
     n: int
     mean: float  # points
-    samples: list[dict[str, Any]]  # {id, prompt_sha256, score}
+    samples: list[dict[str, Any]]  # {id, prompt_sha256, score, text}
+    setup: dict[str, Any] = field(default_factory=dict)  # setups.SETUP_FIELDS
     engine: dict[str, Any] = field(default_factory=dict)
     device: str = ""
     versions: dict[str, str] = field(default_factory=dict)
@@ -44,6 +49,8 @@ class BaselineEntry:
     seed: int = 0
     date: str = ""
     reference_fingerprint: str = ""
+    scorer_version: str = ""
+    longquant_version: str = ""
     schema: int = BASELINE_SCHEMA
 
     @property
@@ -74,30 +81,32 @@ class BaselineEntry:
         return entry
 
     @classmethod
-    def from_result(cls, reference: str, result: CellResult) -> "BaselineEntry":
+    def from_result(cls, reference: str, result: CellResult, setup: dict[str, Any]) -> "BaselineEntry":
         engine = result.engine
         return cls(reference=reference, task=result.cell.task, bucket=result.cell.bucket,
                    language=result.cell.language, n=len(result.samples), mean=round(result.mean_points, 4),
-                   samples=[{"id": s.id, "prompt_sha256": s.prompt_sha256, "score": s.score} for s in result.samples],
-                   engine={"kind": engine.get("kind"), "settings": engine.get("settings", {})},
+                   samples=[{"id": s.id, "prompt_sha256": s.prompt_sha256, "score": s.score, "text": s.text}
+                            for s in result.samples],
+                   setup=dict(setup), engine={"kind": engine.get("kind"), "settings": engine.get("settings", {})},
                    device=engine.get("device", ""), versions=engine.get("versions", {}),
                    task_version=result.task_version, seed=result.seed,
                    date=time.strftime("%Y-%m-%d", time.gmtime()),
-                   reference_fingerprint=result.checkpoint_identity.get("fingerprint", ""))
+                   reference_fingerprint=result.checkpoint_identity.get("fingerprint", ""),
+                   scorer_version=result.scorer_version, longquant_version=result.longquant_version)
 
 
 def mismatches(entry: BaselineEntry, samples: Sequence[Sample], reference_fingerprint: str,
-               engine_kind: str, task_version: str) -> list[str]:
-    """Why this baseline cannot be compared with these prompts; empty when it can."""
+               setup: dict[str, Any], task_version: str) -> list[str]:
+    """Why this baseline cannot be compared with these prompts on this setup; empty when it can."""
     problems = []
     if entry.task_version != task_version:
         problems.append(f"the task generator changed (baseline v{entry.task_version}, now v{task_version})")
-    if entry.reference_fingerprint and entry.reference_fingerprint != reference_fingerprint:
-        problems.append(f"the reference checkpoint changed (fingerprint {entry.reference_fingerprint[:12]} in the "
-                        f"baseline, {reference_fingerprint[:12]} now)")
-    if entry.engine.get("kind") != engine_kind:
-        problems.append(f"the baseline was made with engine {entry.engine.get('kind')!r}, this run uses "
-                        f"{engine_kind!r} (outputs differ between engines)")
+    if entry.reference_fingerprint != reference_fingerprint:
+        problems.append(f"the reference checkpoint changed (fingerprint {entry.reference_fingerprint[:12] or 'none'} "
+                        f"in the baseline, {reference_fingerprint[:12]} now)")
+    for name, stored, current in setup_differences(entry.setup, setup):
+        problems.append(f"engine setup {name}: {stored!r} in the baseline, {current!r} in this run "
+                        "(the reference's answers depend on it)")
     stored = [(s["id"], s["prompt_sha256"]) for s in entry.samples]
     current = [(s.id, s.prompt_sha256) for s in samples]
     if stored != current:
@@ -125,14 +134,22 @@ def version_notes(entry: BaselineEntry, versions: dict[str, str], device: str,
 
 
 class BaselineStore:
-    def __init__(self, root: Path, reference: str):
+    """The baselines of one reference on one engine setup: `<root>/<reference>/<setup label>/<task>.jsonl`."""
+
+    def __init__(self, root: Path, reference: str, setup_label: str):
         self.root = Path(root)
         self.reference = reference
+        self.setup_label = setup_label
         self._cache: dict[str, dict[tuple[int, str], BaselineEntry]] = {}
 
     @property
     def folder(self) -> Path:
-        return self.root / self.reference
+        return self.root / self.reference / self.setup_label
+
+    def legacy_file(self, task: str) -> Path | None:
+        """A baseline file of the layout before per-setup folders, if one is there (it records no setup)."""
+        path = self.root / self.reference / f"{task}.jsonl"
+        return path if path.is_file() else None
 
     def file_for(self, task: str) -> Path:
         return self.folder / f"{task}.jsonl"
@@ -209,4 +226,6 @@ def describe_change(old: BaselineEntry | None, new: BaselineEntry) -> str:
         parts.append(f"{prompts} prompt(s) changed")
     if old.engine != new.engine:
         parts.append(f"engine {old.engine.get('kind')} -> {new.engine.get('kind')}")
+    if old.scorer_version != new.scorer_version:
+        parts.append(f"scorer v{old.scorer_version or '?'} -> v{new.scorer_version}")
     return f"~ {cell}: " + ", ".join(parts)

@@ -14,8 +14,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import LongquantError
-from .gate import MODES, PRECISIONS, ToleranceRule
-from .plan import resolve_buckets, resolve_languages, resolve_tasks
+from .gate import MODES, ToleranceRule
+from .plan import NOT_GATED_REASONS, resolve_buckets, resolve_languages, resolve_tasks
+from .schema import PRECISIONS
 
 ENGINES = ("hf", "vllm", "openai")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.]*$")  # no "-": test ids read candidate-task-bucket-lang
@@ -88,6 +89,8 @@ class RuleConfig(_Strict):
 
 class ToleranceConfig(_Strict):
     cell: dict[Literal["16-bit", "8-bit", "4-bit"], float] = Field(default_factory=dict)
+    language: dict[Literal["16-bit", "8-bit", "4-bit"], float] = Field(default_factory=dict)  # a language's average
+    bucket: dict[Literal["16-bit", "8-bit", "4-bit"], float] = Field(default_factory=dict)  # a bucket's average
     aggregate: dict[Literal["16-bit", "8-bit", "4-bit"], float] = Field(default_factory=dict)
     rules: list[RuleConfig] = Field(default_factory=list)
 
@@ -120,6 +123,8 @@ class GateConfig(_Strict):
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     corpora: dict[str, str] = Field(default_factory=dict)  # language -> folder of .txt haystack
     qa_file: str | None = None
+    # Reasons for which a planned case that cannot run here is allowed (skipped) instead of failing the session.
+    allow_not_gated: list[Literal[tuple(NOT_GATED_REASONS)]] = Field(default_factory=list)  # type: ignore[valid-type]
 
     @field_validator("reference", mode="before")
     @classmethod
@@ -147,6 +152,28 @@ class GateConfig(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"candidate names must be unique; repeated: {', '.join(dupes)}")
+        return self
+
+    @model_validator(mode="after")
+    def _rules_in_plan(self) -> "GateConfig":
+        """A rule for a task, bucket or language the plan does not hold would never apply: a typo, said now."""
+        from .schema import bucket_label, parse_bucket
+
+        for i, rule in enumerate(self.tolerance.rules):
+            where = f"tolerance.rules[{i}]"
+            if rule.task is not None and rule.task not in self.tasks:
+                raise ValueError(f"{where}: task {rule.task!r} is not in the plan's tasks ({', '.join(self.tasks)})")
+            if rule.language is not None and rule.language not in self.languages:
+                raise ValueError(f"{where}: language {rule.language!r} is not in the plan's languages "
+                                 f"({', '.join(self.languages)})")
+            if rule.bucket is not None:
+                try:
+                    bucket = parse_bucket(rule.bucket)
+                except LongquantError as exc:
+                    raise ValueError(f"{where}: {exc}") from None
+                if bucket not in self.buckets:
+                    raise ValueError(f"{where}: bucket {rule.bucket!r} is not in the plan's buckets "
+                                     f"({', '.join(bucket_label(b) for b in self.buckets)})")
         return self
 
 
@@ -208,7 +235,7 @@ def _describe(error: dict[str, Any], data: dict[str, Any]) -> str:
         message = "unknown key (check its spelling; see docs/config.md for the keys)"
     value = error.get("input")
     shown = "" if error["type"] in ("missing",) or isinstance(value, dict) else f" (got {value!r})"
-    return f"  {loc}: {message}{shown}"
+    return f"  {loc}: {message}{shown}" if loc else f"  {message}"
 
 
 def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:

@@ -19,3 +19,15 @@ class SourceError(LongquantError, ValueError):
 
 class FetchError(LongquantError, RuntimeError):
     """Obtaining a model failed (download, extraction, conversion or checksum)."""
+
+
+class UnsupportedError(LongquantError):
+    """This recipe or checkpoint cannot run on this engine and hardware (the cell is "not gated", with the reason)."""
+
+
+class EngineError(LongquantError, RuntimeError):
+    """The inference engine failed to start or to generate."""
+
+
+class SettingsError(LongquantError, ValueError):
+    """An engine setting is unknown to the engine that would receive it."""

@@ -1,9 +1,14 @@
-"""The plan stage: which cells to run, in a stable order, and why any of them is skipped."""
+"""The plan stage: which cells and cases (checkpoint x cell) to run, in a stable order, and which of them cannot
+run here ("not gated", with the reason).
+
+Not gated is not passed: a planned case that cannot run fails the session unless the user allowed its reason
+(config `allow_not_gated`, flag `--lq-allow-not-gated`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from .errors import UnknownValueError
 from .schema import BUCKETS, Cell, bucket_label, parse_bucket
@@ -11,10 +16,98 @@ from .tasks.base import task_names
 from .text.languages import LANGUAGES
 
 
+# Why a planned case cannot run here.
+NOT_GATED_REASONS = {
+    "unsupported": "the recipe cannot run on this engine and device",
+    "too-long": "the bucket is beyond the model's max length",
+    "no-fit": "the cell's fixed parts (instructions, needles, answer budget) do not fit the bucket in this tokenizer",
+}
+
+
+@dataclass(frozen=True)
+class NotGated:
+    reason: str  # a key of NOT_GATED_REASONS
+    detail: str
+
+    def __str__(self) -> str:
+        return f"not gated ({self.reason}): {self.detail}"
+
+
 @dataclass(frozen=True)
 class PlannedCell:
     cell: Cell
-    skip_reason: str | None = None
+    not_gated: NotGated | None = None
+
+    @property
+    def skip_reason(self) -> str | None:
+        return self.not_gated.detail if self.not_gated else None
+
+
+LEVELS = ("cell", "language", "bucket", "aggregate")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One test: a checkpoint (candidate name, or "reference" for a re-run) on a cell, or one of its averages:
+    over a language's cells, over a bucket's cells, or over all its cells (the aggregate)."""
+
+    checkpoint: str
+    cell: Cell | None = None
+    not_gated: NotGated | None = None
+    level: str = "cell"
+    group: str | None = None  # the language code or bucket label of a language / bucket gate
+
+    @property
+    def id(self) -> str:
+        if self.level == "cell":
+            return f"{self.checkpoint}-{self.cell.id}"
+        return f"{self.checkpoint}-aggregate" if self.level == "aggregate" else f"{self.checkpoint}-{self.level}-{self.group}"
+
+    def covers(self, cell: Cell) -> bool:
+        """Whether `cell` is one of the cells this case's average is taken over."""
+        if self.level == "language":
+            return cell.language == self.group
+        if self.level == "bucket":
+            return bucket_label(cell.bucket) == self.group
+        return self.level == "aggregate" or cell == self.cell
+
+
+@dataclass(frozen=True)
+class PlannedCheckpoint:
+    name: str
+    engine: str
+    recipe: str | None = None
+
+
+def plan_cases(checkpoints: Sequence[PlannedCheckpoint], cells: Sequence[PlannedCell], device: str) -> list[Case]:
+    """Every test in a stable order (xdist needs identical collection on every worker): each checkpoint's cells,
+    then its aggregate. A recipe its engine cannot run on this device makes all of that checkpoint's cases not
+    gated."""
+    from .checkpoints.recipes import unsupported_reason
+
+    dev = "cuda" if device.startswith("cuda") else "cpu"
+    languages = list(dict.fromkeys(p.cell.language for p in cells))
+    buckets = list(dict.fromkeys(bucket_label(p.cell.bucket) for p in cells))
+    cases = []
+    for c in checkpoints:
+        reason = unsupported_reason(c.recipe, c.engine, dev)
+        unsupported = reason and NotGated("unsupported", f"recipe {c.recipe} on engine {c.engine} ({dev}): {reason}")
+        cases += [Case(c.name, p.cell, unsupported or p.not_gated) for p in cells]
+        # A level with one group would repeat the aggregate.
+        if len(languages) > 1:
+            cases += [Case(c.name, None, unsupported or None, "language", code) for code in languages]
+        if len(buckets) > 1:
+            cases += [Case(c.name, None, unsupported or None, "bucket", label) for label in buckets]
+        cases.append(Case(c.name, None, unsupported or None, "aggregate"))
+    return cases
+
+
+def check_allowed(reasons: Iterable[str]) -> list[str]:
+    chosen = list(reasons)
+    for reason in chosen:
+        if reason not in NOT_GATED_REASONS:
+            raise UnknownValueError("not-gated reason", reason, list(NOT_GATED_REASONS))
+    return chosen
 
 
 def resolve_tasks(names: Iterable[str] | None) -> list[str]:
@@ -48,6 +141,7 @@ def plan_cells(tasks: Iterable[str] | None, buckets: Iterable[str | int] | None,
             for language in resolve_languages(languages):
                 reason = None
                 if max_model_len is not None and bucket > max_model_len:
-                    reason = f"bucket {bucket_label(bucket)} ({bucket} tokens) exceeds the model's max length {max_model_len}"
+                    reason = NotGated("too-long", f"bucket {bucket_label(bucket)} ({bucket} tokens) exceeds the "
+                                                  f"model's max length {max_model_len}")
                 planned.append(PlannedCell(Cell(task, bucket, language), reason))
     return planned

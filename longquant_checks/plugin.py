@@ -27,6 +27,7 @@ import pytest
 
 from .config import Config, ConfigError, find_config, load_config
 from .errors import LongquantError
+from .plan import NOT_GATED_REASONS
 from .run import REFERENCE, UPDATE_MODES, Case, GateRun, Outcome
 
 _RUN = pytest.StashKey[GateRun]()
@@ -52,6 +53,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="re-run the reference and rewrite baselines: missing | failed (missing or mismatched) | all "
                          "(selected tests only)")
     group.addoption("--lq-allow-ci-update", action="store_true", help="allow baseline updates when CI=true")
+    group.addoption("--lq-allow-not-gated", action="append", default=[], metavar="REASON[,REASON]",
+                    help="let planned cases that cannot run here skip instead of failing the session, for these "
+                         f"reasons: {', '.join(NOT_GATED_REASONS)} (repeatable)")
     group.addoption("--lq-prune-baselines", action="store_true",
                     help="delete baseline entries not in the config's plan (only on an unfiltered run)")
     for key, help_ in (("lq_config", "longquant config file"), ("lq_engine", "longquant engine"),
@@ -195,11 +199,16 @@ def gate_run(config: pytest.Config, near: Path | None = None) -> GateRun:
                 with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
                     reporter.write_line(f"longquant: {msg}")
         baseline_dir = _opt(config, "baseline_dir")
-        config.stash[_RUN] = GateRun(
-            cfg, engine=_opt(config, "engine"), limit=config.getoption("--lq-limit"), seed=config.getoption("--lq-seed"),
-            mode=_opt(config, "mode"), tolerances=_tolerances(config),
-            baseline_dir=Path(config.rootpath) / baseline_dir if baseline_dir else None,
-            update=config.getoption("--lq-update-baselines"), progress=progress)
+        allowed = [r.strip() for item in config.getoption("--lq-allow-not-gated") for r in item.split(",") if r.strip()]
+        try:
+            config.stash[_RUN] = GateRun(
+                cfg, engine=_opt(config, "engine"), limit=config.getoption("--lq-limit"),
+                seed=config.getoption("--lq-seed"), mode=_opt(config, "mode"), tolerances=_tolerances(config),
+                baseline_dir=Path(config.rootpath) / baseline_dir if baseline_dir else None,
+                update=config.getoption("--lq-update-baselines"), progress=progress, allow_not_gated=allowed,
+                invocation=[str(a) for a in config.invocation_params.args])
+        except LongquantError as exc:  # a bad engine setting or not-gated reason: before anything runs
+            raise pytest.UsageError(str(exc)) from None
     return config.stash[_RUN]
 
 
@@ -254,10 +263,12 @@ class GateCheck:
         return self.run.outcome(self.case, family)
 
     def check(self) -> None:
-        if self.case.skip_reason:
-            pytest.skip(self.case.skip_reason)
-        o = self.outcome
-        _record(self._request.node, o)
+        o = Outcome(self.case, not_gated=self.case.not_gated) if self.case.not_gated else self.outcome
+        _record(self._request.node, o, self.run)
+        if o.not_gated:
+            if self.run.allowed(o.not_gated):
+                pytest.skip(f"{o.not_gated} (allowed)")
+            pytest.fail(self.run.not_gated_message(o), pytrace=False)
         if o.skip:
             pytest.skip(o.skip)
         if o.error:
@@ -298,11 +309,15 @@ def lq_engine(request: pytest.FixtureRequest, lq_run: GateRun, lq_checkpoint):
     return lq_run.runner(lq_checkpoint.name if lq_checkpoint.name in lq_run.checkpoint_names() else REFERENCE).engine
 
 
-def _record(item: pytest.Item, o: Outcome) -> None:
+def _record(item: pytest.Item, o: Outcome, run: GateRun) -> None:
     """Per-test figures into user_properties: they reach JUnit XML and, under xdist, the controller."""
-    props: list[tuple[str, Any]] = [("lq_checkpoint", o.case.checkpoint),
-                                    ("lq_cell", o.case.cell.id if o.case.cell else "aggregate"),
-                                    ("lq_status", o.status)]
+    case = o.case
+    props: list[tuple[str, Any]] = [("lq_checkpoint", case.checkpoint),
+                                    ("lq_cell", case.cell.id if case.cell else case.id.split("-", 1)[1]),
+                                    ("lq_level", case.level), ("lq_status", o.status)]
+    if o.not_gated:
+        props += [("lq_not_gated", o.not_gated.reason), ("lq_not_gated_detail", o.not_gated.detail),
+                  ("lq_allowed", run.allowed(o.not_gated))]
     v = o.verdict
     if v is not None:
         props += [("lq_n", v.n), ("lq_reference", round(v.reference_mean, 2)), ("lq_candidate", round(v.candidate_mean, 2)),
@@ -352,11 +367,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     unused = []
     try:
         planned = {c.cell for c in run.cases() if c.cell is not None}
-        stored = run.baselines.cells()
-        unused = [c for c in stored if c not in planned]
-        if config.getoption("--lq-prune-baselines") and unused:
-            removed = run.baselines.prune(planned)
-            config.stash[_PROPS].append(("pruned", [c.id for c in removed]))
+        # The baselines of every setup this plan uses (one per engine kind among its checkpoints).
+        stores = {s.label(): run.baselines(s) for s in (run.baseline_setup_for(n) for n in run.checkpoint_names())}
+        for store in stores.values():
+            unused += [c for c in store.cells() if c not in planned]
+            if config.getoption("--lq-prune-baselines") and unused:
+                removed = store.prune(planned)
+                config.stash[_PROPS].append(("pruned", [c.id for c in removed]))
     except LongquantError:
         pass
     summary = _summary(rows, unused)
@@ -377,10 +394,14 @@ def _summary(rows: list[dict[str, Any]], unused: list) -> dict[str, Any]:
             counts["missing baselines"] += 1
         if r.get("lq_stale"):
             counts["stale baselines"] += 1
+    not_gated = [r for r in rows if r.get("lq_not_gated")]
     # baselines, not tests: under xdist two candidates' workers may both report refreshing the same cell
     counts["updated"] = len({r["lq_cell"] for r in rows if r.get("lq_baseline_change")})
     counts["unused"] = len(unused)
-    return {"counts": dict(counts), "unused_baselines": [c.id for c in unused]}
+    return {"counts": dict(counts), "unused_baselines": [c.id for c in unused],
+            "not_gated": [{"test": f"{r['lq_checkpoint']}-{r['lq_cell']}", "reason": r["lq_not_gated"],
+                           "detail": r["lq_not_gated_detail"], "allowed": r.get("lq_allowed", False)}
+                          for r in not_gated]}
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:

@@ -5,6 +5,9 @@ identity (fingerprint, recipe), the engine kind, its requested settings and libr
 device, and the prompts' hashes. A repeated or interrupted run reuses finished cells and only runs
 what is missing. One JSONL file per (checkpoint, cell): a header line, then one line per sample
 (prompt hash, output text, score, timings). Writes are atomic, so Ctrl-C loses at most the cell in flight.
+
+Scores are not part of the key: each sample's output text is kept, so when a task's scorer changes (its
+`scorer_version`) a cached cell is re-scored from that text instead of being served with old scores or re-run.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from .errors import LongquantError
 from .schema import Cell, Sample
 from .storage import write_text_atomic
 
-RESULTS_FORMAT = 1
+RESULTS_FORMAT = 2
 
 
 @dataclass
@@ -50,6 +53,9 @@ class CellResult:
     created: str = ""
     path: str | None = None
     reused: bool = False  # loaded from the resume cache
+    scorer_version: str = ""
+    longquant_version: str = ""
+    rescored_from: str | None = None  # the scorer version the cached scores had, when re-scored on load
 
     @property
     def scores(self) -> list[float]:
@@ -96,7 +102,10 @@ class ResultStore:
             return None
         return CellResult(checkpoint, cell, samples, key, header.get("checkpoint_identity", {}),
                           header.get("engine", {}), header.get("task_version", ""), header.get("seed", 0),
-                          header.get("created", ""), str(path), reused=True)
+                          header.get("created", ""), str(path), reused=True,
+                          scorer_version=header.get("scorer_version", ""),
+                          longquant_version=header.get("longquant_version", ""),
+                          rescored_from=header.get("rescored_from"))
 
     def lock(self, checkpoint: str, cell: Cell, key: str):
         """Held while a cell is computed: a second process (another xdist worker) waits, then reuses the result."""
@@ -112,7 +121,9 @@ class ResultStore:
         header = {"format": RESULTS_FORMAT, "key": result.key, "checkpoint": result.checkpoint,
                   "cell": result.cell.id, "checkpoint_identity": result.checkpoint_identity,
                   "engine": result.engine, "task_version": result.task_version, "seed": result.seed,
-                  "created": result.created, "n": len(result.samples), "mean": round(result.mean_points, 4)}
+                  "created": result.created, "n": len(result.samples), "mean": round(result.mean_points, 4),
+                  "scorer_version": result.scorer_version, "longquant_version": result.longquant_version,
+                  "rescored_from": result.rescored_from}
         lines = [json.dumps(header, sort_keys=True, default=str)]
         lines += [json.dumps(asdict(s), ensure_ascii=False, sort_keys=True) for s in result.samples]
         write_text_atomic(path, "\n".join(lines) + "\n")

@@ -1,79 +1,48 @@
-"""A gate run, without pytest: plan cases, get baselines (refreshing them when asked), run checkpoints, decide.
+"""A gate run, without pytest (HELM's controller): wires the stages together for the plugin.
 
-The plugin (plugin.py) maps this onto pytest items; everything here is plain Python and dataclasses.
-A checkpoint's cells are decided together (Holm needs every p-value of the family): the family is
-that checkpoint's selected cells in this run, all of which run in one worker (xdist loadgroup).
+plan (plan.py: cases, not-gated reasons) -> checkpoints (lineup.py) -> samples (samples.py) -> baselines
+(baseline_policy.py, per engine setup: setups.py) -> results (evaluate.py, one engine at a time) -> verdicts
+(verdicts.py, Holm over the planned family) -> messages (messages.py). Everything here is plain Python; the plugin
+maps it onto pytest items. A checkpoint's cases are decided together: the first test of a checkpoint that asks
+runs the selected cells of that checkpoint (all in one worker under xdist loadgroup).
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 from . import gate
-from .baselines import BaselineEntry, BaselineStore, describe_change, mismatches, version_notes
+from .baseline_policy import UPDATE_MODES, BaselineChoice, BaselinePolicy
+from .baselines import BaselineStore, version_notes
 from .checkpoints.info import max_context_length
-from .checkpoints.produce import CalibrationSpec
-from .checkpoints.recipes import get_recipe, unsupported_reason
-from .checkpoints.resolve import ResolvedCheckpoint, resolve
-from .config import Config
+from .checkpoints.recipes import get_recipe
+from .checkpoints.resolve import ResolvedCheckpoint
+from .config import Config, ConfigError
+from .engines import resolve_device
 from .errors import LongquantError
-from .evaluate import CheckpointRunner, EngineSetup, SampleBook, library_versions, resolve_device
-from .plan import plan_cells
-from .results import CellResult, ResultStore
-from .schema import Cell, bucket_label
+from .evaluate import CheckpointRunner, RunnerPool
+from .lineup import REFERENCE, Lineup
+from .messages import RefreshCommands, failure_message, header
+from .plan import NOT_GATED_REASONS, Case, NotGated, PlannedCheckpoint, check_allowed, plan_cases, plan_cells
+from .results import ResultStore
+from .samples import SampleBook
+from .schema import Cell
+from .setups import EngineSetup, check_settings, reference_settings
 from .tasks.base import TextSources
 from .text.fitting import FitError
 from .text.tokens import PromptTokenizer
+from .verdicts import Family, Outcome, PairedCell, Tolerances, decide_checkpoint
 
-REFERENCE = "reference"
-AGGREGATE = "ALL"
-UPDATE_MODES = ("missing", "failed", "all")
-
-
-@dataclass(frozen=True)
-class Case:
-    """One test: a checkpoint (candidate name, or "reference" for a re-run) on a cell, or its aggregate."""
-
-    checkpoint: str
-    cell: Cell | None  # None: the aggregate check over the checkpoint's cells
-    skip_reason: str | None = None
-
-    @property
-    def id(self) -> str:
-        return f"{self.checkpoint}-{self.cell.id if self.cell else 'aggregate'}"
-
-
-@dataclass
-class Outcome:
-    """What a case's test reports: a verdict, or an error/skip, plus files and baseline changes."""
-
-    case: Case
-    verdict: gate.Verdict | None = None
-    error: str | None = None
-    skip: str | None = None
-    baseline_change: str | None = None
-    notes: list[str] = field(default_factory=list)
-    result_file: str | None = None
-    baseline_file: str | None = None
-    seconds_per_sample: float | None = None
-
-    @property
-    def status(self) -> str:
-        if self.skip:
-            return "skipped"
-        if self.error:
-            return "error"
-        return self.verdict.outcome if self.verdict else "error"
+__all__ = ["REFERENCE", "UPDATE_MODES", "Case", "GateRun", "Outcome"]
 
 
 class GateRun:
     def __init__(self, config: Config, *, engine: str | None = None, limit: int | None = None,
                  seed: int | None = None, mode: str | None = None, tolerances: dict[str, float] | None = None,
                  baseline_dir: Path | None = None, update: str | None = None,
-                 progress: Callable[[str], None] | None = None):
+                 progress: Callable[[str], None] | None = None, allow_not_gated: Sequence[str] = (),
+                 invocation: Sequence[str] = ()):
         g = config.gate
         self.config = config
         self.engine_kind = engine or g.engine
@@ -84,19 +53,24 @@ class GateRun:
         if update is not None and update not in UPDATE_MODES:
             raise LongquantError(f"--lq-update-baselines={update!r}; accepted: {', '.join(UPDATE_MODES)}")
         self.update = update
-        self.cell_defaults = {**gate.DEFAULT_CELL_TOLERANCE, **g.tolerance.cell, **(tolerances or {})}
-        self.aggregate_defaults = {**gate.DEFAULT_AGGREGATE_TOLERANCE, **g.tolerance.aggregate}
-        self.rules = config.tolerance_rules()
+        self.allowed_not_gated = set(check_allowed([*g.allow_not_gated, *allow_not_gated]))
+        self.tolerances = Tolerances(
+            cell={**gate.DEFAULT_CELL_TOLERANCE, **g.tolerance.cell, **(tolerances or {})},
+            language={**gate.DEFAULT_LANGUAGE_TOLERANCE, **g.tolerance.language},
+            bucket={**gate.DEFAULT_BUCKET_TOLERANCE, **g.tolerance.bucket},
+            aggregate={**gate.DEFAULT_AGGREGATE_TOLERANCE, **g.tolerance.aggregate},
+            rules=config.tolerance_rules())
         self.device = resolve_device(g.device) if self.engine_kind != "openai" else "server"
         self.results = ResultStore(config.results_dir)
-        self.baselines = BaselineStore(baseline_dir or config.baseline_dir, config.reference_name)
+        self.baseline_root = Path(baseline_dir or config.baseline_dir)
         self.progress = progress or (lambda _msg: None)
-        self._reference: ResolvedCheckpoint | None = None
+        self.commands = RefreshCommands(tuple(invocation))
+        self.lineup = Lineup(config, self.device, self.engine_for)
+        self._check_engine_settings()
         self._book: SampleBook | None = None
-        self._runner: CheckpointRunner | None = None
-        self._resolved: dict[str, ResolvedCheckpoint | LongquantError] = {}
+        self._runners = RunnerPool()
+        self._policies: dict[str, BaselinePolicy] = {}
         self._outcomes: dict[Case, Outcome] = {}
-        self.changes: list[str] = []
 
     # -- what to run ---------------------------------------------------------------------------
     def checkpoint_names(self) -> list[str]:
@@ -108,135 +82,100 @@ class GateRun:
             return self.engine_kind
         return self.config.candidate(name).engine or self.engine_kind
 
+    def _check_engine_settings(self) -> None:
+        """Every engine setting is one its engine takes: checked before anything loads (else it would be ignored
+        by the engine, yet enter the cache key)."""
+        g = self.config.gate
+        try:
+            check_settings(self.engine_kind, {**g.engine_args, **g.reference.engine_args},
+                           f"{self.config.path}: engine_args of the reference (engine {self.engine_kind})")
+            for c in g.candidates:
+                kind = self.engine_for(c.name)
+                check_settings(kind, g.engine_args, f"{self.config.path}: the shared engine_args, used by candidate "
+                                                    f"{c.name!r} (engine {kind}); put engine-specific keys on the "
+                                                    "candidates that use that engine")
+                check_settings(kind, c.engine_args, f"{self.config.path}: engine_args of candidate {c.name!r} "
+                                                    f"(engine {kind})")
+        except LongquantError as exc:
+            raise ConfigError(str(exc)) from None
+
     def max_model_len(self) -> int | None:
         args = self.config.gate.engine_args
         if isinstance(args.get("max_model_len"), int):
             return args["max_model_len"]
-        return max_context_length(self.reference_path())
+        return max_context_length(self.reference.path)
 
     def cases(self) -> list[Case]:
         """Every test, in a stable order (xdist needs identical collection on every worker)."""
         g = self.config.gate
-        planned = plan_cells(g.tasks, g.buckets, g.languages, self.max_model_len())
-        cases = []
-        for name in self.checkpoint_names():
-            not_here = None
-            if name != REFERENCE and (recipe := self.config.candidate(name).recipe):
-                dev = "cuda" if self.device.startswith("cuda") else "cpu"
-                reason = unsupported_reason(recipe, self.engine_for(name), dev)
-                not_here = reason and f"recipe {recipe} on engine {self.engine_for(name)} ({dev}): {reason}"
-            cases += [Case(name, p.cell, not_here or p.skip_reason) for p in planned]
-            cases.append(Case(name, None, not_here))
-        return cases
+        cells = plan_cells(g.tasks, g.buckets, g.languages, self.max_model_len())
+        checkpoints = [PlannedCheckpoint(n, self.engine_for(n), None if n == REFERENCE else self.config.candidate(n).recipe)
+                       for n in self.checkpoint_names()]
+        return plan_cases(checkpoints, cells, self.device)
+
+    def allowed(self, not_gated: NotGated) -> bool:
+        return not_gated.reason in self.allowed_not_gated
 
     # -- shared inputs ------------------------------------------------------------------------
-    def reference_path(self) -> str:
-        return self.reference.path
-
     @property
     def reference(self) -> ResolvedCheckpoint:
-        if self._reference is None:
-            ref = self.config.gate.reference
-            self._reference = resolve(self.config.reference_name, source=ref.source, precision="16-bit",
-                                      engine=self.engine_kind, device=self.device, engine_args=ref.engine_args)
-        return self._reference
+        return self.lineup.reference
+
+    def checkpoint(self, name: str) -> ResolvedCheckpoint:
+        return self.lineup.get(name)
 
     @property
     def book(self) -> SampleBook:
         if self._book is None:
             g = self.config.gate
-            sources = TextSources({k: self.config.resolve(v) for k, v in g.corpora.items()},
-                                  self.config.resolve(g.qa_file) if g.qa_file else None)
-            tok = PromptTokenizer.from_pretrained(self.reference_path(),
-                                                  trust_remote_code=g.reference.trust_remote_code)
+            sources = TextSources({k: str(self.config.resolve(v)) for k, v in g.corpora.items()},
+                                  str(self.config.resolve(g.qa_file)) if g.qa_file else None)
+            tok = PromptTokenizer.from_pretrained(self.reference.path, trust_remote_code=g.reference.trust_remote_code)
             self._book = SampleBook(tok, self.n, self.seed, sources)
         return self._book
 
     def setup_for(self, name: str) -> EngineSetup:
-        args = dict(self.config.gate.engine_args)
+        """The checkpoint's own setup: the shared engine_args and its own on top."""
+        g = self.config.gate
         if name == REFERENCE:
-            args.update(self.config.gate.reference.engine_args)
-        else:
-            args.update(self.config.candidate(name).engine_args)
-        return EngineSetup(self.engine_for(name), self.device, args)
+            return self.reference_setup(self.engine_kind)
+        c = self.config.candidate(name)
+        return EngineSetup(self.engine_for(name), self.device, {**g.engine_args, **c.engine_args},
+                           trust_remote_code=c.trust_remote_code)
 
-    def checkpoint(self, name: str) -> ResolvedCheckpoint:
-        """The resolved checkpoint (downloaded / produced); the same error for every test of a broken one."""
-        if name == REFERENCE:
-            return self.reference
-        if name not in self._resolved:
-            c = self.config.candidate(name)
-            g = self.config.gate
-            calibration = CalibrationSpec(g.calibration.samples, g.calibration.tokens,
-                                          tuple(g.calibration.languages), g.calibration.seed,
-                                          str(self.config.resolve(g.calibration.file)) if g.calibration.file else None)
-            try:
-                # A relative local path is relative to the config file; anything else (a hub id) as written.
-                source = c.source
-                if source and self.config.resolve(source).exists():
-                    source = str(self.config.resolve(source))
-                self._resolved[name] = resolve(
-                    name, source=source, recipe=c.recipe, reference=self.reference_path(), precision=c.precision,
-                    engine=self.engine_for(name), device=self.device, engine_args=c.engine_args,
-                    calibration=calibration)
-            except LongquantError as exc:
-                self._resolved[name] = exc
-        found = self._resolved[name]
-        if isinstance(found, LongquantError):
-            raise found
-        return found
+    def reference_setup(self, kind: str) -> EngineSetup:
+        """The reference on engine `kind`: the setup whose baselines candidates of that kind meet."""
+        g = self.config.gate
+        settings, _ = reference_settings(kind, g.engine_args, g.reference.engine_args)
+        return EngineSetup(kind, self.device, settings, trust_remote_code=g.reference.trust_remote_code)
 
-    def runner(self, name: str) -> CheckpointRunner:
-        """This checkpoint's runner; the previous checkpoint's engine is released first (one model at a time)."""
-        if self._runner is not None and self._runner.label != name:
-            self._runner.close()
-            self._runner = None
-        if self._runner is None:
-            self._runner = CheckpointRunner(self.checkpoint(name), self.setup_for(name), self.results, self.book,
-                                            label=name, progress=self.progress)
-        return self._runner
+    def baseline_setup_for(self, name: str) -> EngineSetup:
+        return self.reference_setup(self.engine_for(name))
+
+    def baselines(self, setup: EngineSetup) -> BaselineStore:
+        return self.policy(setup).store
+
+    def policy(self, setup: EngineSetup) -> BaselinePolicy:
+        label = setup.label()
+        if label not in self._policies:
+            store = BaselineStore(self.baseline_root, self.config.reference_name, label)
+            self._policies[label] = BaselinePolicy(store, setup.baseline_setup(), self.update, self.limited,
+                                                   self.commands.refresh)
+        return self._policies[label]
+
+    @property
+    def changes(self) -> list[str]:
+        return [c for p in self._policies.values() for c in p.changes]
+
+    def runner(self, name: str, setup: EngineSetup | None = None) -> CheckpointRunner:
+        """This checkpoint's runner on `setup` (default: its own); the previous engine is released first."""
+        setup = setup or self.setup_for(name)
+        label = name if name != REFERENCE or setup.kind == self.engine_kind else f"{REFERENCE}@{setup.kind}"
+        return self._runners.get((name, setup.label()), lambda: CheckpointRunner(
+            self.checkpoint(name), setup, self.results, self.book, label=label, progress=self.progress))
 
     def close(self) -> None:
-        if self._runner is not None:
-            self._runner.close()
-            self._runner = None
-
-    # -- baselines ------------------------------------------------------------------------------
-    def _baseline_problems(self, entry: BaselineEntry, cell: Cell) -> list[str]:
-        samples = self.book.samples(cell)
-        stored = entry.samples[:len(samples)] if self.limited else entry.samples
-        view = BaselineEntry(**{**entry.__dict__, "samples": stored})
-        return mismatches(view, samples, self.reference.fingerprint, self.engine_kind,
-                          self.book.task(cell.task).version)
-
-    def _refresh(self, cell: Cell) -> tuple[BaselineEntry, str]:
-        if self.limited:
-            raise LongquantError("baselines are not updated from a --lq-limit run (they would hold fewer samples); "
-                                 "drop --lq-limit")
-        result = self.runner(REFERENCE).run(cell)
-        new = BaselineEntry.from_result(self.config.reference_name, result)
-        old = self.baselines.put(new)
-        change = describe_change(old, new)
-        self.changes.append(change)
-        return new, change
-
-    def baseline(self, cell: Cell) -> tuple[BaselineEntry | None, str | None, str | None]:
-        """(entry, problem, change): refreshed when the update mode selects it; else the stored one and why it can't be used."""
-        entry = self.baselines.get(cell)
-        problems = self._baseline_problems(entry, cell) if entry else []
-        wanted = (self.update == "all" or (self.update in ("missing", "failed") and entry is None)
-                  or (self.update == "failed" and problems))
-        if wanted:
-            entry, change = self._refresh(cell)
-            return entry, None, change
-        if entry is None:
-            return None, (f"no baseline for {cell.id} in {self.baselines.file_for(cell.task)}; create it with "
-                          f"`pytest --lq-update-baselines=missing` (runs the reference on the missing cells)"), None
-        if problems:
-            return entry, (f"the baseline of {cell.id} ({self.baselines.file_for(cell.task)}) was made from "
-                           f"something else: {'; '.join(problems)}. Refresh it deliberately with "
-                           f"`pytest --lq-update-baselines=failed -k {cell.id}`"), None
-        return entry, None, None
+        self._runners.close()
 
     # -- deciding ---------------------------------------------------------------------------------
     def precision_of(self, name: str) -> str:
@@ -249,101 +188,87 @@ class GateRun:
             return get_recipe(c.recipe).precision
         return self.checkpoint(name).precision
 
-    def outcome(self, case: Case, family: Sequence[Case]) -> Outcome:
-        """The case's outcome; the first call for a checkpoint decides its whole family (Holm)."""
+    def outcome(self, case: Case, selected: Sequence[Case]) -> Outcome:
+        """The case's outcome; the first call for a checkpoint decides all its selected cases."""
         if case not in self._outcomes:
-            self._decide(case.checkpoint, [c for c in family if c.checkpoint == case.checkpoint])
+            self._decide(case.checkpoint, [c for c in selected if c.checkpoint == case.checkpoint])
         return self._outcomes[case]
 
-    def _decide(self, name: str, family: Sequence[Case]) -> None:
-        cell_cases = [c for c in family if c.cell is not None and not c.skip_reason]
-        for c in family:
-            if c.skip_reason:
-                self._outcomes[c] = Outcome(c, skip=c.skip_reason)
+    def family(self, name: str) -> Family:
+        return Family(tuple(c.cell for c in self.cases()
+                            if c.checkpoint == name and c.level == "cell" and c.not_gated is None))
+
+    def _baseline(self, name: str, cell: Cell) -> BaselineChoice:
+        setup = self.baseline_setup_for(name)
+        task = self.book.task(cell.task)
+        return self.policy(setup).choose(cell, self.book.samples(cell), task, self.reference.fingerprint,
+                                         lambda c, fresh: self.runner(REFERENCE, setup).run(c, fresh=fresh))
+
+    def _decide(self, name: str, selected: Sequence[Case]) -> None:
+        for c in selected:
+            if c.not_gated:
+                self._outcomes[c] = Outcome(c, not_gated=c.not_gated)
+        todo = [c for c in selected if c.level == "cell" and not c.not_gated]
         # Baselines first (may run the reference), then the checkpoint: one model loaded at a time.
-        inputs: dict[Case, tuple[BaselineEntry, str | None]] = {}
-        for c in cell_cases:
+        baselines: dict[Case, BaselineChoice] = {}
+        for c in todo:
             try:
                 self.book.samples(c.cell)
             except FitError as exc:
-                self._outcomes[c] = Outcome(c, skip=str(exc))
+                self._outcomes[c] = Outcome(c, not_gated=NotGated("no-fit", str(exc)))
                 continue
             try:
-                entry, problem, change = self.baseline(c.cell)
+                choice = self._baseline(name, c.cell)
             except LongquantError as exc:
                 self._outcomes[c] = Outcome(c, error=str(exc))
                 continue
-            if problem:
-                self._outcomes[c] = Outcome(c, error=problem, baseline_file=str(self.baselines.file_for(c.cell.task)))
+            if choice.problem:
+                self._outcomes[c] = Outcome(c, error=choice.problem,
+                                            baseline_file=str(self.baselines(self.baseline_setup_for(name))
+                                                              .file_for(c.cell.task)))
             else:
-                inputs[c] = (entry, change)
-        verdicts: dict[Case, tuple[gate.Verdict, CellResult, BaselineEntry, str | None]] = {}
-        precision = None
-        for c, (entry, change) in inputs.items():
+                baselines[c] = choice
+        paired, details = [], {}
+        for c, choice in baselines.items():
             try:
-                precision = precision or self.precision_of(name)
                 result = self.runner(name).run(c.cell)
             except LongquantError as exc:
                 self._outcomes[c] = Outcome(c, error=f"{name}: {exc}")
                 continue
-            ref_scores = {s["id"]: s["score"] for s in entry.samples}
-            paired_ref = [ref_scores[s.id] for s in result.samples]
-            tol = gate.resolve_tolerance(precision, c.cell.task, c.cell.bucket, c.cell.language,
-                                         entry.mean, self.rules, self.cell_defaults)
-            v = gate.compare_cell(name, c.cell.id, paired_ref, result.scores, tol, mode=self.mode,
-                                  alpha=self.config.gate.alpha, seed=self.seed)
-            verdicts[c] = (v, result, entry, change)
-        decided = gate.decide([v for v, *_ in verdicts.values()], alpha=self.config.gate.alpha)
-        pairs = []
-        for (c, (_, result, entry, change)), v in zip(verdicts.items(), decided):
-            notes = version_notes(entry, result.engine.get("versions", {}), result.engine.get("device", ""),
-                                  result.engine.get("settings", {}))
-            self._outcomes[c] = Outcome(c, verdict=v, baseline_change=change, notes=notes,
-                                        result_file=result.path, baseline_file=str(self.baselines.file_for(c.cell.task)),
-                                        seconds_per_sample=result.seconds_per_sample)
-            ref_scores = {s["id"]: s["score"] for s in entry.samples}
-            pairs.append(([ref_scores[s.id] for s in result.samples], result.scores))
-        for c in family:
-            if c.cell is None and c not in self._outcomes:
-                if not pairs:
-                    self._outcomes[c] = Outcome(c, skip=f"no cell of {name} was compared in this run")
-                    continue
-                precision = precision or self.precision_of(name)
-                tol_points = self.aggregate_defaults[precision]
-                tol = gate.Tolerance(tol_points, f"aggregate default for {precision} ({tol_points:g} points)")
-                v = gate.aggregate(name, pairs, tol, mode=self.mode, alpha=self.config.gate.alpha, seed=self.seed)
-                self._outcomes[c] = Outcome(c, verdict=v)
+            ref_scores = {s["id"]: s["score"] for s in choice.entry.samples}
+            paired.append(PairedCell(c, [ref_scores[s.id] for s in result.samples], result.scores, choice.entry.mean))
+            notes = choice.notes + version_notes(choice.entry, result.engine.get("versions", {}),
+                                                 result.engine.get("device", ""), result.engine.get("settings", {}))
+            if result.rescored_from:
+                notes.append(f"{name}'s stored outputs were re-scored (scorer v{result.rescored_from} -> "
+                             f"v{result.scorer_version})")
+            store = self.baselines(self.baseline_setup_for(name))
+            details[c] = dict(baseline_change=choice.change, notes=notes, result_file=result.path,
+                              baseline_file=str(store.file_for(c.cell.task)),
+                              seconds_per_sample=result.seconds_per_sample)
+        levels = [c for c in selected if c.level != "cell" and c not in self._outcomes]
+        if not paired and not levels:
+            return
+        precision = self.precision_of(name)
+        g = self.config.gate
+        decided = decide_checkpoint(name, precision, paired, levels, self.family(name), self.tolerances, self.mode,
+                                    g.alpha, self.seed)
+        for c, v in decided.items():
+            if isinstance(v, str):
+                self._outcomes[c] = Outcome(c, skip=v)
+            else:
+                self._outcomes[c] = Outcome(c, verdict=v, **details.get(c, {}))
 
     # -- messages ---------------------------------------------------------------------------------
     def failure_message(self, o: Outcome) -> str:
-        v = o.verdict
-        lines = [gate.format_failure(v)]
-        if o.baseline_file:
-            lines.append(f"baseline: {o.baseline_file}")
-        if o.result_file:
-            lines.append(f"per-sample outputs: {o.result_file}")
-        lines += [f"note: {n}" for n in o.notes]
-        case = o.case
-        if case.cell is not None:
-            lines.append("to accept this drop for this cell, add to the config:\n"
-                         f"  [[tolerance.rules]]\n  task = \"{case.cell.task}\"\n  bucket = \"{bucket_label(case.cell.bucket)}\"\n"
-                         f"  language = \"{case.cell.language}\"\n  precision = \"{self.precision_of(case.checkpoint)}\"\n"
-                         f"  points = {max(v.tolerance.points, -v.delta) + 0.5:.1f}")
-            lines.append(f"if the reference or engine changed instead, refresh the baseline: "
-                         f"pytest --lq-update-baselines=failed -k {case.cell.id}")
-        return "\n".join(lines)
+        return failure_message(o, self.precision_of(o.case.checkpoint), self.commands)
+
+    def not_gated_message(self, o: Outcome) -> str:
+        ng = o.not_gated
+        return (f"NOT GATED ({ng.reason}: {NOT_GATED_REASONS[ng.reason]}): {ng.detail}. This planned case did not "
+                f"run, so it is not counted as passed. If that is intended, allow it: "
+                f"`--lq-allow-not-gated={ng.reason}` or `allow_not_gated = [\"{ng.reason}\"]` in "
+                f"{self.config.path or 'the config'}; or take it out of the plan")
 
     def header(self) -> str:
-        versions = {k: v for kind in ("hf", "vllm", "openai") for k, v in library_versions(kind).items()}
-        try:
-            import importlib.metadata as md
-
-            versions["llmcompressor"] = "own env (" + (os.environ.get("LONGQUANT_QUANT_PYTHON") or ".venv-quant") + ")"
-            versions["longquant-checks"] = md.version("longquant-checks")
-        except Exception:
-            pass
-        g = self.config.gate
-        return (f"longquant: config {self.config.path}, reference {self.config.reference_name}, "
-                f"{len(g.candidates)} candidate(s), engine {self.engine_kind} on {self.device}, mode {self.mode}, "
-                f"n={self.n}, seed={self.seed}\n"
-                f"longquant versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
+        return header(self)

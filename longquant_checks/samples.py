@@ -17,7 +17,7 @@ import numpy as np
 
 from .schema import Cell, Sample
 from .storage import cache_dir, write_bytes_atomic
-from .tasks.base import Task
+from .tasks.base import Task, TextSources, get_task
 from .text.tokens import PromptTokenizer
 
 _FORMAT = 1
@@ -68,3 +68,23 @@ def load_or_generate(task: Task, cell: Cell, tok: PromptTokenizer, n: int, seed:
         payload = "".join(json.dumps(_encode(s), ensure_ascii=False) + "\n" for s in samples)
         write_bytes_atomic(path, gzip.compress(payload.encode("utf-8"), compresslevel=3, mtime=0))
     return samples, False
+
+
+class SampleBook:
+    """Each cell's samples, built once per process with the reference's tokenizer: every checkpoint sees
+    byte-identical token ids."""
+
+    def __init__(self, tokenizer: PromptTokenizer, n: int, seed: int, sources: TextSources | None = None):
+        self.tokenizer, self.n, self.seed, self.sources = tokenizer, n, seed, sources
+        self._tasks: dict[str, Task] = {}
+        self._samples: dict[Cell, list[Sample]] = {}
+
+    def task(self, name: str) -> Task:
+        if name not in self._tasks:
+            self._tasks[name] = get_task(name, self.sources)
+        return self._tasks[name]
+
+    def samples(self, cell: Cell) -> list[Sample]:
+        if cell not in self._samples:
+            self._samples[cell], _ = load_or_generate(self.task(cell.task), cell, self.tokenizer, self.n, self.seed)
+        return self._samples[cell]

@@ -10,6 +10,10 @@ import numpy as np
 
 from .errors import UnknownValueError
 
+# Precision classes: each has its own default tolerances (gate.py). Here, so gate, config, engines and checkpoints
+# can all import it without cycles.
+PRECISIONS = ("16-bit", "8-bit", "4-bit")
+
 BUCKETS: dict[str, int] = {
     "1K": 1024, "2K": 2048, "4K": 4096, "8K": 8192,
     "16K": 16384, "32K": 32768, "64K": 65536, "128K": 131072,

@@ -61,8 +61,26 @@ def test_files_toml_pyproject_and_bad_toml(tmp_path):
 
 
 def test_tolerance_rules_become_gate_rules():
-    cfg = parse_config({"reference": "demo", "tolerance": {"rules": [
+    cfg = parse_config({"reference": "demo", "tasks": ["cwe"], "languages": ["en", "sw"], "tolerance": {"rules": [
         {"task": "cwe", "bucket": "4K", "precision": "4-bit", "points": 15},
         {"language": "sw", "relative": 20}]}})
     rules = cfg.tolerance_rules()
     assert rules[0].bucket == 4096 and rules[0].points == 15 and rules[1].relative == 20
+
+
+@pytest.mark.parametrize("rule, named", [
+    ({"task": "cwe", "points": 5}, "task 'cwe' is not in the plan's tasks (niah_single_1)"),
+    ({"language": "de", "points": 5}, "language 'de' is not in the plan's languages (en)"),
+    ({"bucket": "128K", "points": 5}, "bucket '128K' is not in the plan's buckets (4K)"),
+])
+def test_tolerance_rule_outside_the_plan_is_an_error(rule, named):
+    """A rule that can never apply is a typo: refused, naming the selector and the plan's values."""
+    with pytest.raises(ConfigError) as exc:
+        parse_config({"reference": "demo", "tolerance": {"rules": [rule]}})
+    assert f"tolerance.rules[0]: {named}" in str(exc.value)
+
+
+def test_not_gated_reasons_are_checked():
+    assert parse_config({"reference": "demo", "allow_not_gated": ["too-long"]}).gate.allow_not_gated == ["too-long"]
+    with pytest.raises(ConfigError, match="allow_not_gated.0: Input should be 'unsupported', 'too-long' or 'no-fit'"):
+        parse_config({"reference": "demo", "allow_not_gated": ["everything"]})

@@ -24,16 +24,21 @@ def test_demo_config_is_valid_and_spans_8_and_4_bit():
 def test_committed_baselines_cover_the_demo_plan():
     from longquant_checks.baselines import BaselineStore
     from longquant_checks.plan import plan_cells
+    from longquant_checks.setups import EngineSetup
 
     config = load_config(DEMO)
     g = config.gate
-    store = BaselineStore(config.baseline_dir, config.reference_name)
+    # float32 on every CPU (fixtures/longquant.toml), so the committed setup folder is the same on every machine.
+    setup = EngineSetup(g.engine, g.device, dict(g.engine_args))
+    store = BaselineStore(config.baseline_dir, config.reference_name, setup.label())
+    assert setup.label() == "hf-cpu-float32"
     planned = {p.cell for p in plan_cells(g.tasks, g.buckets, g.languages)}
     stored = set(store.cells())
     assert planned <= stored, f"missing baselines: {sorted(c.id for c in planned - stored)}"
     for cell in planned:
         entry = store.get(cell)
         assert entry.n == g.samples and entry.engine["kind"] == "hf" and entry.seed == g.seed
+        assert entry.setup == setup.baseline_setup() and all(s.get("text") is not None for s in entry.samples)
 
 
 @pytest.mark.model

@@ -4,6 +4,7 @@ the exact tests, intervals, tolerances, and input errors."""
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -385,7 +386,55 @@ def test_stale_flag_when_the_candidate_beats_the_reference_beyond_tolerance():
     ref, cand = [0.0] * 20 + [1.0] * 30, [1.0] * 50  # +40 points
     v = compare_cell("c", "x", ref, cand, Tolerance(10.0, "t"))
     assert v.stale and v.passed and any("stale" in w for w in v.warnings)
+    assert v.ci_low > 10  # the rule: the whole interval of delta lies above +tolerance
     assert not compare_cell("c", "x", ref, ref, Tolerance(10.0, "t")).stale
+
+
+def test_a_noise_win_is_not_a_stale_baseline():
+    """+6 points at n=50 (8 wins, 5 losses) against a 5-point tolerance: the 90% interval is about [-4, +16], so
+    the win is noise and the baseline is not called stale; +40 points at n=50 (interval above +28) is.
+    Fails on the current gate: it flagged stale whenever delta > tolerance (3 of 5 FP8 cells on an H200)."""
+    ref = [1.0] * 5 + [0.0] * 8 + [1.0] * 20 + [0.0] * 17
+    cand = [0.0] * 5 + [1.0] * 8 + [1.0] * 20 + [0.0] * 17
+    tol = Tolerance(5.0, "8-bit")
+    v = compare_cell("fp8", "vt-4K-en", ref, cand, tol)
+    assert v.delta == pytest.approx(6.0) and v.ci_low < 0 < v.ci_high
+    assert not v.stale and not any("stale" in w for w in v.warnings)
+    win = compare_cell("fp8", "vt-4K-en", [0.0] * 20 + [1.0] * 30, [1.0] * 50, tol)
+    assert win.delta == pytest.approx(40.0) and win.stale and any("stale" in w for w in win.warnings)
+
+
+def test_aa_noise_rarely_reads_as_a_stale_baseline():
+    """300 cells (n=50) with no real difference and a 5-point tolerance: at most 1% are flagged stale (the old
+    rule, delta > tolerance, flagged about one in six). Fails on the current gate."""
+    rng = np.random.default_rng(17)
+    stale = sum(compare_cell("aa", f"c{c}", *paired_binary(rng, 50, rng.uniform(0.3, 0.95), rng.uniform(0.1, 1.0)),
+                             Tolerance(5.0, "8-bit")).stale for c in range(300))
+    assert stale / 300 <= 0.01
+
+
+def test_decide_recomputes_the_minimal_detectable_drop_at_holms_threshold():
+    """Power that reflects the family: in a 36-cell plan the strictest Holm threshold is alpha/36, and the
+    minimal detectable drop after `decide` is computed there (same disagreement: 6 discordant pairs of 50),
+    not at alpha as one cell alone. The warning names the n that would resolve the tolerance at that
+    threshold: the smallest n whose MDD is <= 5 points. Fails on the current gate: decide kept the MDD at alpha."""
+    ref, cand = [1.0] * 50, [1.0] * 44 + [0.0] * 6
+    tol = Tolerance(5.0, "8-bit")
+    cells = [compare_cell("w8", "bad", ref, cand, tol)] + [compare_cell("w8", f"ok{i}", ref, ref, tol)
+                                                           for i in range(35)]
+    alone = cells[0].min_detectable_drop
+    assert alone == pytest.approx(min_detectable_drop(50, 100.0, alpha=0.05, discordance=0.12))
+    v = decide(cells)[0]
+    honest = min_detectable_drop(50, 100.0, alpha=0.05 / 36, discordance=0.12)
+    assert v.min_detectable_drop == pytest.approx(honest) and honest > alone
+    note = next(w for w in v.warnings if "n=50 cannot resolve a 5-point tolerance" in w)
+    assert "alpha/36" in note
+    needed = int(re.search(r"n >= (\d+) would resolve it", note).group(1))
+    assert min_detectable_drop(needed, 100.0, alpha=0.05 / 36, discordance=0.12) <= 5.0
+    assert min_detectable_drop(needed - 1, 100.0, alpha=0.05 / 36, discordance=0.12) > 5.0
+    assert decide(cells[:1])[0].min_detectable_drop == pytest.approx(alone)  # a family of one: unchanged
+    tiny = decide([compare_cell("w8", "x", ref, cand, Tolerance(0.01, "t"))] + cells[1:])[0]
+    assert any("no practical n would resolve it" in w for w in tiny.warnings)
 
 
 # ------------------------------------------------------------------------------------------ bad input

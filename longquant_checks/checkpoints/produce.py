@@ -2,9 +2,13 @@
 
 The quantizer runs in its own Python environment (llmcompressor and vLLM cannot share one):
 $LONGQUANT_QUANT_PYTHON, else ./.venv-quant/bin/python. Produced checkpoints are cached by
-(reference fingerprint, recipe and its parameters, calibration spec, llmcompressor version); the
-entry is built in a temporary folder and renamed into place under a file lock, so concurrent
-workers yield one valid entry and a half-written one is never used.
+`cache_key`: the reference's fingerprint (its weight bytes), the recipe's effective parameters (the
+group size chosen for this model included), the compute dtype, the calibration spec and a digest of the
+calibration token ids actually fed (so a change of file, generator or tokenizer is a new entry), the
+quantizer environment's versions and this worker's source. The same record is kept in the entry's
+longquant-recipe.json and becomes the candidate's `produced` identity. The entry is built in a temporary
+folder and renamed into place under a file lock, so concurrent workers yield one valid entry and a
+half-written one is never used.
 """
 
 from __future__ import annotations
@@ -87,6 +91,7 @@ def group_size_for(reference: str | Path, preferred: int = 128) -> int:
 
 
 def calibration_ids(reference: str | Path, spec: CalibrationSpec) -> list[list[int]]:
+    from ..samples import load_or_generate
     from ..schema import Cell
     from ..tasks.base import get_task
     from ..text.tokens import PromptTokenizer
@@ -99,7 +104,8 @@ def calibration_ids(reference: str | Path, spec: CalibrationSpec) -> list[list[i
     per_language = -(-spec.samples // len(spec.languages))
     bucket = next(b for b in (1024, 2048, 4096, 8192, 16384, 32768) if b >= spec.tokens + 256)
     for language in spec.languages:
-        for sample in task.generate(Cell("niah_single_2", bucket, language), tok, per_language, spec.seed):
+        # Through the samples cache: the ids are made once, then read (the produce cache key needs them each run).
+        for sample in load_or_generate(task, Cell("niah_single_2", bucket, language), tok, per_language, spec.seed)[0]:
             out.append(sample.prompt_token_ids[: spec.tokens])
     return out[: spec.samples]
 
@@ -128,13 +134,48 @@ def _file_ids(tok, path: Path, spec: CalibrationSpec) -> list[list[int]]:
     return out[: spec.samples]
 
 
-def _tool_version(python: str) -> str:
+_VERSIONS_OF = ("llmcompressor", "compressed-tensors", "transformers", "torch")
+
+
+def quantizer_versions(python: str) -> dict[str, str]:
+    """Versions of the packages in the quantizer environment that decide its output."""
     # Read from the installed metadata: importing llmcompressor logs to stdout.
-    proc = subprocess.run([python, "-c", "import importlib.metadata as m; print(m.version('llmcompressor'))"],
-                          capture_output=True, text=True)
+    code = f"import importlib.metadata as m, json; print(json.dumps({{p: m.version(p) for p in {_VERSIONS_OF!r}}}))"
+    proc = subprocess.run([python, "-c", code], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise QuantizeError(f"{python} cannot import llmcompressor ({proc.stderr.strip()[-300:]}); `{_SETUP}`")
-    return proc.stdout.strip()
+        raise QuantizeError(f"{python} lacks llmcompressor or its dependencies ({proc.stderr.strip()[-300:]}); "
+                            f"`{_SETUP}`")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def effective_params(reference: str | Path, recipe_name: str) -> dict:
+    """The recipe's parameters as the worker applies them to this reference (the chosen group size included)."""
+    params = dict(get_recipe(recipe_name).params)
+    if params["scheme"] in ("W4A16", "W4A16_ASYM"):
+        params["group_size"] = group_size_for(reference)
+    return params
+
+
+def calibration_digest(ids: list[list[int]]) -> str:
+    """sha256 of the calibration token ids, as the worker receives them."""
+    return hashlib.sha256(json.dumps(ids, separators=(",", ":")).encode()).hexdigest()
+
+
+def cache_key(reference_fingerprint: str, recipe_name: str, params: dict, compute_dtype: str,
+              calibration: CalibrationSpec | None, calibration_ids_sha256: str | None,
+              quantizer: dict[str, str]) -> tuple[str, dict]:
+    """(key, record): everything the produced checkpoint depends on, and its sha256."""
+    record = {"reference": reference_fingerprint, "recipe": recipe_name, "params": params,
+              "compute_dtype": compute_dtype, "calibration": calibration.key() if calibration else None,
+              "calibration_ids_sha256": calibration_ids_sha256, "quantizer": quantizer,
+              # the worker's defaults (ignored layers, AWQ n_grid, symmetry) are parameters too
+              "worker_sha256": hashlib.sha256(_WORKER.read_bytes()).hexdigest()}
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest(), record
+
+
+def produced_record(path: str | Path) -> dict:
+    """The record a produced checkpoint was made from (its cache key's parts), read from its marker."""
+    return json.loads((Path(path) / _MARKER).read_text(encoding="utf-8"))["record"]
 
 
 def produce(reference: str | Path, recipe_name: str, calibration: CalibrationSpec = CalibrationSpec()) -> Path:
@@ -143,17 +184,16 @@ def produce(reference: str | Path, recipe_name: str, calibration: CalibrationSpe
     if recipe.kind != "llmcompressor":
         raise QuantizeError(f"recipe {recipe_name!r} is applied while loading, not produced; pass it to the engine")
     python = quant_python()
-    params = dict(recipe.params)
-    if params["scheme"] in ("W4A16", "W4A16_ASYM"):
-        params["group_size"] = group_size_for(reference)
+    params = effective_params(reference, recipe_name)
     needs_data = params["scheme"] != "FP8_DYNAMIC"
     from ..engines.base import cpu_dtype
 
     compute_dtype = cpu_dtype()  # the quantizer runs on CPU here (no CUDA torch in .venv-quant)
-    key_parts = {"reference": fingerprint(reference), "recipe": recipe_name, "params": params,
-                 "compute_dtype": compute_dtype,
-                 "calibration": calibration.key() if needs_data else None, "llmcompressor": _tool_version(python)}
-    key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()
+    # Made before the cache lookup: the key follows the ids actually fed, not only the spec that made them.
+    ids = calibration_ids(reference, calibration) if needs_data else []
+    key, record = cache_key(fingerprint(reference), recipe_name, params, compute_dtype,
+                            calibration if needs_data else None, calibration_digest(ids) if needs_data else None,
+                            quantizer_versions(python))
     target = cache_dir("checkpoints") / f"{recipe_name}-{key[:16]}"
     with FileLock(str(target) + ".lock"):
         if (target / _MARKER).is_file():
@@ -161,7 +201,7 @@ def produce(reference: str | Path, recipe_name: str, calibration: CalibrationSpe
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{recipe_name}-") as tmp:
             job = {"reference": str(reference), "params": params, "output": str(Path(tmp) / "out"),
                    "compute_dtype": compute_dtype,
-                   "calibration_ids": calibration_ids(reference, calibration) if needs_data else []}
+                   "calibration_ids": ids}
             job_file = Path(tmp) / "job.json"
             job_file.write_text(json.dumps(job), encoding="utf-8")
             proc = subprocess.run([python, str(_WORKER), str(job_file)], capture_output=True, text=True)
@@ -169,7 +209,7 @@ def produce(reference: str | Path, recipe_name: str, calibration: CalibrationSpe
                 tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
                 raise QuantizeError(f"recipe {recipe_name!r} on {reference} failed (exit {proc.returncode}):\n{tail}")
             out = Path(job["output"])
-            write_text_atomic(out / _MARKER, json.dumps({**key_parts, "key": key}, indent=2, sort_keys=True))
+            write_text_atomic(out / _MARKER, json.dumps({"key": key, "record": record}, indent=2, sort_keys=True))
             if target.exists():
                 shutil.rmtree(target)
             os.replace(out, target)

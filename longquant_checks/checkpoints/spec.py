@@ -1,22 +1,23 @@
 """Checkpoint specs, fingerprints and precision classes (HELM-style: a spec is plain, serializable data).
 
 A candidate is a checkpoint (a ready path / hub id, or a recipe applied to the reference) plus the
-engine settings it is served with. Its fingerprint hashes config, tokenizer files and weight-file
-headers and sizes: exact enough for baselines and caches, and fast (no full read of 100 GB).
+engine settings it is served with. Its fingerprint hashes config, tokenizer files and the full bytes of
+every weight file: a re-quantized checkpoint with the same shapes is another checkpoint. Weight digests are
+cached by file identity (digest.py), so a 100 GB checkpoint is read once, not on every run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import LongquantError
+from ..schema import PRECISIONS
+from .digest import file_digest
 
-PRECISIONS = ("16-bit", "8-bit", "4-bit")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                     "tokenizer.model", "vocab.json", "merges.txt")
 _PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
@@ -52,18 +53,6 @@ class CheckpointSpec:
         return asdict(self)
 
 
-def _safetensors_header(path: Path) -> bytes:
-    """The JSON header of a safetensors file (dtypes, shapes, offsets): a cheap identity for its tensors."""
-    with open(path, "rb") as fh:
-        raw = fh.read(8)
-        if len(raw) != 8:
-            raise CheckpointError(f"{path} is not a safetensors file (too short)")
-        (length,) = struct.unpack("<Q", raw)
-        if length > 100_000_000:
-            raise CheckpointError(f"{path} is not a safetensors file (header of {length} bytes)")
-        return fh.read(length)
-
-
 def check_safe_weights(path: Path) -> list[Path]:
     """The checkpoint's safetensors files; pickled weights alone are refused (they can execute code)."""
     tensors = sorted(path.glob("*.safetensors"))
@@ -77,7 +66,7 @@ def check_safe_weights(path: Path) -> list[Path]:
 
 
 def fingerprint(path: str | Path) -> str:
-    """sha256 over config, generation config, tokenizer files, and each weight file's name, size and header."""
+    """sha256 over config, generation config, tokenizer files, and each weight file's name and content digest."""
     root = Path(path)
     if not (root / "config.json").is_file():
         raise CheckpointError(f"{root} is not a checkpoint folder (no config.json)")
@@ -87,8 +76,7 @@ def fingerprint(path: str | Path) -> str:
         if file.is_file():
             digest.update(name.encode() + b"\x00" + _content(file) + b"\x00")
     for tensor_file in check_safe_weights(root):
-        digest.update(f"{tensor_file.name}\x00{tensor_file.stat().st_size}\x00".encode())
-        digest.update(_safetensors_header(tensor_file))
+        digest.update(f"{tensor_file.name}\x00{file_digest(tensor_file)}\x00".encode())
     return digest.hexdigest()
 
 

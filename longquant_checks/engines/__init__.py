@@ -6,17 +6,13 @@ from importlib import import_module
 from typing import Any
 
 from ..checkpoints.recipes import get_recipe, unsupported_reason
-from ..errors import LongquantError, UnknownValueError
+from ..errors import UnknownValueError, UnsupportedError
 
 _BACKENDS = {
     "hf": ("longquant_checks.engines.hf", "HFEngine"),
     "vllm": ("longquant_checks.engines.vllm", "VLLMEngine"),
     "openai": ("longquant_checks.engines.openai", "OpenAIEngine"),
 }
-
-
-class UnsupportedError(LongquantError):
-    """This recipe cannot run on this engine and hardware (the cell is skipped with the reason)."""
 
 
 def open_engine(kind: str, model_path: str, recipe: str | None = None, device: str = "cpu", **settings: Any):
@@ -33,3 +29,15 @@ def open_engine(kind: str, model_path: str, recipe: str | None = None, device: s
         settings["inflight"] = spec.params
     module, cls = _BACKENDS[kind]
     return getattr(import_module(module), cls)(model_path, device=device, **settings)
+
+
+def resolve_device(device: str) -> str:
+    """`auto` -> cuda where torch sees a GPU, else cpu (the only place outside an engine that asks torch)."""
+    if device != "auto":
+        return device
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"

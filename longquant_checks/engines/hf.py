@@ -146,3 +146,43 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     text = str(exc)
     return (type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError)
             or "out of memory" in text.lower() or "can't allocate memory" in text)
+
+
+def convert_gguf(gguf_path, out) -> None:
+    """Dequantize a GGUF file to a bf16 safetensors checkpoint in folder `out` (the demo model's origin)."""
+    import json
+    from pathlib import Path
+
+    from ..errors import FetchError
+
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as exc:
+        raise FetchError(f"converting the demo model needs torch, transformers and gguf ({exc}); install them with "
+                         "`pip install torch==2.13.0 'longquant-checks[hf]'`") from exc
+    gguf_path, out = Path(gguf_path), Path(out)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
+                                                     dtype=torch.bfloat16)
+    except Exception as exc:  # transformers raises many kinds here; all mean "conversion failed"
+        raise FetchError(f"transformers could not load {gguf_path.name}: {type(exc).__name__}: {exc}") from exc
+    # Clear the GGUF quantization state, or save_pretrained records a quantization it didn't keep.
+    model.config.quantization_config = None
+    if hasattr(model, "hf_quantizer"):
+        model.hf_quantizer = None
+    model.is_quantized = False
+    model.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
+    config_path = out / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config.pop("quantization_config", None)
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def known_model_type(model_type: object) -> bool:
+    """Whether this transformers has the architecture built in (no remote code needed)."""
+    from transformers import CONFIG_MAPPING
+
+    return model_type in CONFIG_MAPPING

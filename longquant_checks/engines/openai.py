@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 from ..schema import Sample
 from .base import EngineInfo, Output, cpu_dtype
-from .vllm import EngineError
+from ..errors import EngineError
 
 
 def _free_port() -> int:
@@ -84,7 +84,7 @@ class OpenAIEngine:
                  api_key_env: str = "OPENAI_API_KEY", concurrency: int = 8, timeout: float = 600,
                  max_retries: int = 5, max_model_len: int | None = None, device: str = "remote",
                  managed: bool = False, serve_args: list[str] | None = None, inflight: dict | None = None,
-                 **_: Any):
+                 pin: str | None = None, trust_remote_code: bool = False):
         from openai import OpenAI
 
         self.server: ManagedServer | None = None
@@ -96,6 +96,8 @@ class OpenAIEngine:
                 args += ["--max-model-len", str(max_model_len)]
             if inflight:
                 args += ["--quantization", inflight["quantization"]]
+            if trust_remote_code and "--trust-remote-code" not in args:
+                args.append("--trust-remote-code")
             env = {}
             if device == "cpu":
                 args += [] if "--enforce-eager" in args else ["--enforce-eager"]
@@ -148,6 +150,32 @@ class OpenAIEngine:
     def generate(self, samples: Sequence[Sample], max_new_tokens: int | None = None) -> list[Output]:
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             return list(pool.map(lambda s: self._one(s, max_new_tokens), samples))
+
+
+# Fields of a served model that say which deployment answers; `created` and permission ids change on every call.
+_MODEL_FIELDS = ("id", "root", "parent", "owned_by", "max_model_len")
+
+
+def describe_server(base_url: str, api_key_env: str = "OPENAI_API_KEY", timeout: float = 30) -> dict[str, Any]:
+    """What the server says it serves (GET /models), for the identity of its results. Raises EngineError, with
+    the key never in the message, when the server does not answer."""
+    import json
+
+    request = urllib.request.Request(base_url.rstrip("/") + "/models")
+    key = os.environ.get(api_key_env)
+    if key:
+        request.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            listing = json.loads(response.read().decode("utf-8"))
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise EngineError(f"{base_url}: cannot list its models (GET /models: {type(exc).__name__}: "
+                          f"{str(exc)[:200]}); is the server up?") from None
+    models = listing.get("data") if isinstance(listing, dict) else None
+    if not isinstance(models, list):
+        raise EngineError(f"{base_url}: GET /models did not return an OpenAI model list")
+    return {"models": sorted(({k: m.get(k) for k in _MODEL_FIELDS if k in m} for m in models if isinstance(m, dict)),
+                             key=lambda m: str(m.get("id")))}
 
 
 def _client_version() -> str:

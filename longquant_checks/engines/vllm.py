@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import tempfile
 import time
 import traceback
 from typing import Any, Sequence
 
-from ..errors import LongquantError
+from ..errors import EngineError
 from ..schema import Sample
 from .base import EngineInfo, Output, cpu_dtype
 
 
-class EngineError(LongquantError, RuntimeError):
-    """The inference engine failed to start or to generate."""
-
-
-# LLM(...) arguments we expose: the ones that change results or fit (recorded with every run).
+# LLM(...) arguments we pass on; the engine's other settings are ours. Both lists are in setups.ENGINE_SETTINGS,
+# which refuses any other key before the engine starts.
 _LLM_ARGS = ("max_model_len", "dtype", "kv_cache_dtype", "quantization", "tensor_parallel_size",
              "pipeline_parallel_size", "distributed_executor_backend", "gpu_memory_utilization",
              "enable_prefix_caching", "enforce_eager", "seed", "trust_remote_code", "hf_overrides")
@@ -69,7 +67,11 @@ class _Runner:
         del self.llm
 
 
-def _worker(conn, model_path: str, settings: dict[str, Any]) -> None:
+def _worker(conn, model_path: str, settings: dict[str, Any], log_path: str | None = None) -> None:
+    if log_path:  # the worker's (and vLLM's own processes') output, so a crash can be explained by its last lines
+        log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
     try:
         runner = _Runner(model_path, settings)
         conn.send(("ready", {"max_model_len": runner.max_model_len, "version": runner.version}))
@@ -90,9 +92,14 @@ def _worker(conn, model_path: str, settings: dict[str, Any]) -> None:
 
 class VLLMEngine:
     def __init__(self, model_path: str, device: str = "cpu", in_process: bool = False, start_timeout: float = 900,
-                 inflight: dict | None = None, **settings: Any):
+                 inflight: dict | None = None, kv_cache_space_gib: float = 4, **settings: Any):
+        from ..setups import check_settings
+
+        check_settings("vllm", {k: v for k, v in settings.items() if k != "trust_remote_code"},
+                       f"vLLM engine for {model_path}")
         settings = {"dtype": "bfloat16" if device.startswith("cuda") else cpu_dtype(), "enable_prefix_caching": False, "seed": 0, **settings, "device": device}
         if device == "cpu":
+            settings["kv_cache_space_gib"] = kv_cache_space_gib
             settings.setdefault("enforce_eager", True)  # CPU: compile takes minutes at each start
         if inflight:
             if inflight.get("method") != "vllm":
@@ -102,14 +109,17 @@ class VLLMEngine:
         self._runner: _Runner | None = None
         self._proc = None
         self._conn = None
+        self._log: str | None = None
         if in_process:
             self._runner = _Runner(model_path, settings)
             ready = {"max_model_len": self._runner.max_model_len, "version": self._runner.version}
         else:
             ctx = multiprocessing.get_context("spawn")
             self._conn, child = ctx.Pipe()
+            fd, self._log = tempfile.mkstemp(prefix="longquant-vllm-worker-", suffix=".log")
+            os.close(fd)
             # Not a daemon: vLLM starts processes of its own.
-            self._proc = ctx.Process(target=_worker, args=(child, model_path, settings), daemon=False)
+            self._proc = ctx.Process(target=_worker, args=(child, model_path, settings, self._log), daemon=False)
             self._proc.start()
             ready = self._receive("ready", start_timeout, "start")
         self.max_model_len = ready["max_model_len"]
@@ -120,8 +130,13 @@ class VLLMEngine:
         deadline = time.monotonic() + timeout
         while not self._conn.poll(1.0):
             if not self._proc.is_alive():
-                raise EngineError(f"vLLM worker for {self.model_path} died during {what} "
-                                  f"(exit code {self._proc.exitcode}; out of memory?)")
+                code = self._proc.exitcode
+                # Only a SIGKILL (what the kernel's out-of-memory killer sends) or the log may suggest memory.
+                tail = self.log_tail()
+                hint = ("; killed by SIGKILL, as the out-of-memory killer does" if code == -9
+                        else "; the log reports out of memory" if "out of memory" in tail.lower() else "")
+                raise EngineError(f"vLLM worker for {self.model_path} died during {what} (exit code {code}{hint}); "
+                                  f"its last log lines:\n{tail}")
             if time.monotonic() > deadline:
                 self._proc.kill()
                 raise EngineError(f"vLLM worker for {self.model_path}: {what} took over {timeout:.0f} s")
@@ -131,6 +146,13 @@ class VLLMEngine:
             raise EngineError(f"vLLM failed during {what} of {self.model_path}:\n{payload.strip().splitlines()[-1]}\n"
                               f"(full traceback:\n{payload})")
         return payload
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = open(self._log, encoding="utf-8", errors="replace").read() if self._log else ""
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
 
     def __enter__(self) -> "VLLMEngine":
         return self

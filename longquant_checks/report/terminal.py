@@ -38,7 +38,7 @@ def _table(tw, title: str, rows: list[str], cols: list[str], data: dict, failed:
 def write_summary(terminalreporter, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
     tr = terminalreporter
     tr.write_sep("=", "longquant summary: delta vs baseline, accuracy points (! = regressed)")
-    cells = [r for r in rows if r.get("lq_cell") != "aggregate" and "lq_delta" in r]
+    cells = [r for r in rows if r.get("lq_level", "cell") == "cell" and "lq_delta" in r]
     by_task: dict = defaultdict(list)
     by_task_failed: dict = {}
     by_bl: dict = defaultdict(list)
@@ -60,9 +60,11 @@ def write_summary(terminalreporter, rows: list[dict[str, Any]], summary: dict[st
         _table(tr, "candidate bucket \\ language", bl_rows, langs, by_bl, by_bl_failed)
         tr.write_line("")
     for r in rows:
-        if r.get("lq_cell") == "aggregate" and "lq_delta" in r:
+        level = r.get("lq_level", "cell")
+        if level != "cell" and "lq_delta" in r:
             failed = r["lq_status"] == "fail"
-            tr.write_line(f"{r['lq_checkpoint']}: average delta {r['lq_delta']:+.2f} points {r['lq_ci']} over its cells, "
+            what = "over its cells" if level == "aggregate" else f"over its {r['lq_cell'].replace('-', ' ')} cells"
+            tr.write_line(f"{r['lq_checkpoint']}: average delta {r['lq_delta']:+.2f} points {r['lq_ci']} {what}, "
                           f"tolerance {r['lq_tolerance']:g}: {'REGRESSED' if failed else 'ok'}",
                           **({"red": True, "bold": True} if failed else {"green": True}))
     changes = [r["lq_baseline_change"] for r in rows if r.get("lq_baseline_change")]
@@ -73,6 +75,10 @@ def write_summary(terminalreporter, rows: list[dict[str, Any]], summary: dict[st
     stale = [f"{r['lq_checkpoint']}-{r['lq_cell']}" for r in rows if r.get("lq_stale")]
     if stale:
         tr.write_line(f"beat the baseline by more than the tolerance (stale baseline?): {', '.join(stale)}", yellow=True)
+    for ng in summary.get("not_gated", []):
+        tr.write_line(f"not gated ({ng['reason']}{', allowed' if ng['allowed'] else ''}): {ng['test']}: {ng['detail']}",
+                      **({"yellow": True} if ng["allowed"] else {"red": True}))
     counts = summary.get("counts", {})
-    order = ("passed", "regressed", "error", "skipped", "missing baselines", "updated", "stale baselines", "unused")
+    order = ("passed", "regressed", "error", "not gated", "skipped", "missing baselines", "updated",
+             "stale baselines", "unused")
     tr.write_line("longquant: " + ", ".join(f"{counts.get(k, 0)} {k}" for k in order))

@@ -97,17 +97,54 @@ def string_match_part(prediction: str, references: list[str]) -> float:
     return float(any(normalize_prediction(ref) in pred for ref in references))
 
 
+_ZWNJ = "\u200c"  # Persian writes a compound's morphemes apart with it: هیچ‌کس "nobody" = هیچ + کس
+
+
+def _normalize_keeping_zwnj(text: str) -> str:
+    # normalize_prediction drops control characters, ZWNJ (category Cf) among them
+    return _ZWNJ.join(normalize_prediction(part) for part in text.split(_ZWNJ))
+
+
+def _is_word_char(ch: str) -> bool:
+    """Letters, digits and combining marks of any script (`\\w` lacks marks: Hindi/Tamil vowel signs).
+    Underscore is not one: `_none_` is Markdown emphasis of the word."""
+    return unicodedata.category(ch)[0] in "LNM"
+
+
+def _is_unspaced(ch: str) -> bool:
+    """Han, Hiragana or Katakana: scripts written without spaces between words."""
+    return unicodedata.name(ch, "").startswith(("CJK ", "HIRAGANA", "KATAKANA"))
+
+
 def none_match(prediction: str, none_words: list[str]) -> float:
-    """OneRuler's strict niah_none: the language's 'none' word must appear and no number may."""
-    pred = normalize_prediction(prediction)
+    """OneRuler's strict niah_none: the language's 'none' word must appear and no digit (any script) may.
+
+    Scripts with spaces: a none word counts only as a whole word, not preceded or followed by a letter,
+    digit or combining mark of any script ("нет" is not in "планета", "none" not in "nonetheless").
+    Whitespace inside a multi-word none word ("ei mitään") matches any whitespace run. A ZWNJ is a
+    boundary (هیچ in هیچ‌کس) and optional inside a none word (هیچ‌کدام also matches هیچکدام).
+    Han/Kana none words (zh 无 没有 不存在, ja なし 無し ない 該当なし) count as substrings: these
+    scripts have no word delimiters, and a negation glued to its neighbours is still a negation
+    (没有提到, 存在しない); telling 无法 "cannot" or 少ない "few" apart would need a word segmenter.
+    """
+    pred = _normalize_keeping_zwnj(prediction)
     if re.search(r"\d", pred):
         return 0.0
     for word in none_words:
-        w = normalize_prediction(word)
-        # Word boundaries where the script has spaces ("none" must not match "nonetheless").
-        pattern = re.escape(w) if not w.isascii() or not w.isalpha() else rf"(?<!\w){re.escape(w)}(?!\w)"
-        if re.search(pattern, pred):
-            return 1.0
+        w = _normalize_keeping_zwnj(word)
+        if not w.strip(_ZWNJ):
+            continue  # nothing left to look for
+        if any(map(_is_unspaced, w)):
+            if w in pred:
+                return 1.0
+            continue
+        pattern = r"\s+".join(re.escape(token).replace(_ZWNJ, _ZWNJ + "?") for token in w.split())
+        for m in re.finditer(f"(?=({pattern}))", pred):  # a lookahead finds overlapping matches too
+            start, end = m.span(1)
+            glued_before = start > 0 and _is_word_char(pred[start - 1])
+            glued_after = end < len(pred) and _is_word_char(pred[end])
+            if not (glued_before or glued_after):
+                return 1.0
     return 0.0
 
 
@@ -120,6 +157,7 @@ class Task(ABC):
     family: ClassVar[str]
     metric: ClassVar[str]  # "all", "part", "none" or "f1"
     description: ClassVar[str]
+    scorer_version: ClassVar[str] = "1"  # bumped when `score` changes; stored results are re-scored from their text
 
     def __init__(self, sources: TextSources | None = None):
         self.sources = sources or TextSources()

@@ -1,0 +1,119 @@
+"""The decide stage: a checkpoint's paired cells -> verdicts of its cells and of its averages. Pure: no engines,
+no files, no pytest.
+
+Levels: each cell; each language's and each bucket's average (the studies found damage that grows with length and
+is worse outside English, which an overall average hides); the overall average. Holm runs within each level over
+the checkpoint's *planned* family (planned cells, planned languages, planned buckets), with what did not run
+counted as p = 1: selecting tests (`-k`, `--lf`) or another cell erroring can only make a verdict more lenient,
+never turn a pass into a fail, and says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+from . import gate
+from .plan import Case, NotGated
+from .schema import Cell
+
+
+@dataclass
+class PairedCell:
+    """A cell that ran: the reference's baseline scores and the checkpoint's, paired by sample."""
+
+    case: Case
+    reference: list[float]
+    candidate: list[float]
+    reference_mean: float  # points, for relative tolerances
+
+
+@dataclass
+class Outcome:
+    """What a case's test reports: a verdict, or an error / a not-gated reason, plus files and baseline changes."""
+
+    case: Case
+    verdict: gate.Verdict | None = None
+    error: str | None = None
+    not_gated: NotGated | None = None
+    skip: str | None = None  # nothing to decide (an average none of whose cells ran in this run)
+    baseline_change: str | None = None
+    notes: list[str] = field(default_factory=list)
+    result_file: str | None = None
+    baseline_file: str | None = None
+    seconds_per_sample: float | None = None
+
+    @property
+    def status(self) -> str:
+        if self.not_gated:
+            return "not gated"
+        if self.skip:
+            return "skipped"
+        if self.error:
+            return "error"
+        return self.verdict.outcome if self.verdict else "error"
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """Defaults per precision class for each level, and the config's per-cell rules."""
+
+    cell: Mapping[str, float]
+    language: Mapping[str, float]
+    bucket: Mapping[str, float]
+    aggregate: Mapping[str, float]
+    rules: Sequence[gate.ToleranceRule] = ()
+
+
+@dataclass(frozen=True)
+class Family:
+    """The cells the checkpoint planned (that can run here), so verdicts do not depend on what was selected."""
+
+    planned: tuple[Cell, ...]
+
+    @property
+    def cells(self) -> int:
+        return len(self.planned)
+
+    @property
+    def languages(self) -> int:
+        return len({c.language for c in self.planned})
+
+    @property
+    def buckets(self) -> int:
+        return len({c.bucket for c in self.planned})
+
+
+def decide_checkpoint(name: str, precision: str, paired: Sequence[PairedCell], levels: Sequence[Case],
+                      family: Family, tolerances: Tolerances, mode: str, alpha: float, seed: int
+                      ) -> dict[Case, gate.Verdict | str]:
+    """Verdicts for the `paired` cells and the `levels` cases (language / bucket / aggregate) asked for, all from
+    `gate.gate_candidate` (each level a family over the plan at its share of alpha); a level none of whose cells
+    ran gets a string saying so instead."""
+    out: dict[Case, gate.Verdict | str] = {}
+    cells = []
+    for p in paired:
+        c = p.case.cell
+        tol = gate.resolve_tolerance(precision, c.task, c.bucket, c.language, p.reference_mean, tolerances.rules,
+                                     tolerances.cell)
+        cells.append(gate.PairedCell(c.task, c.bucket, c.language, p.reference, p.candidate, tol))
+    by_id: dict[str, gate.Verdict] = {}
+    if cells:
+        by_level = {"cell": tolerances.cell, "language": tolerances.language, "bucket": tolerances.bucket,
+                    "aggregate": tolerances.aggregate}
+        level_tolerances = {}
+        for level, table in by_level.items():
+            points = gate.aggregate_tolerance(precision, table).points
+            what = "" if level in ("cell", "aggregate") else f"{level} "
+            level_tolerances[level] = gate.Tolerance(points, f"default {what}{'average ' if level != 'cell' else ''}"
+                                                             f"for {precision} ({points:g} points)")
+        planned = [(c.task, c.bucket, c.language) for c in family.planned] or None
+        for v in gate.gate_candidate(name, cells, level_tolerances, mode=mode, alpha=alpha, seed=seed,
+                                     planned=planned):
+            by_id[v.cell_id] = v
+    for p in paired:
+        out[p.case] = by_id[p.case.cell.id]
+    for case in levels:
+        key = gate.level_id(case.level, case.group or "")
+        out[case] = by_id.get(key) or f"none of the cells of {case.id} ran in this run (select them too)"
+    return out
