@@ -153,9 +153,10 @@ class RunnerPool:
     def get(self, key: tuple[str, str], make: Callable[[], CheckpointRunner]) -> CheckpointRunner:
         if self._open is not None and self._open != key:
             self._runners[self._open].close()
-        self._open = key
+            self._open = None
         if key not in self._runners:
-            self._runners[key] = make()
+            self._runners[key] = make()  # may raise (a checkpoint that cannot be resolved): nothing is open then
+        self._open = key
         return self._runners[key]
 
     def close(self) -> None:

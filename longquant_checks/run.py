@@ -247,7 +247,9 @@ class GateRun:
                               baseline_file=str(store.file_for(c.cell.task)),
                               seconds_per_sample=result.seconds_per_sample)
         levels = [c for c in selected if c.level != "cell" and c not in self._outcomes]
-        if not paired and not levels:
+        if not paired:  # nothing to average (and a broken checkpoint has no precision to ask for)
+            for c in levels:
+                self._outcomes[c] = Outcome(c, skip=f"none of the cells of {c.id} ran in this run")
             return
         precision = self.precision_of(name)
         g = self.config.gate

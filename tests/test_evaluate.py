@@ -70,3 +70,16 @@ def test_changed_scorer_rescores_cached_outputs_without_the_engine(monkeypatch, 
     assert result.scorer_version == get_task("niah_none").scorer_version and result.longquant_version
     again = store.load("cand", CELL, key)  # saved re-scored: the next run serves it as is
     assert again.scorer_version == result.scorer_version and again.scores == [1.0, 0.0, 1.0]
+
+
+def test_runner_pool_survives_a_checkpoint_that_cannot_be_made():
+    pool = evaluate.RunnerPool()
+
+    def broken():
+        raise evaluate.LongquantError("no such checkpoint")
+
+    with pytest.raises(evaluate.LongquantError):
+        pool.get(("missing", "hf"), broken)
+    made = []
+    runner = pool.get(("next", "hf"), lambda: made.append(1) or type("R", (), {"close": lambda self: None})())
+    assert made == [1] and runner is pool.get(("next", "hf"), lambda: pytest.fail("made twice"))
