@@ -143,8 +143,9 @@ class VLLMEngine:
         status, payload = self._conn.recv()
         if status == "error":
             self.close()
+            # vLLM's own processes often report only "see root cause above": that cause is in the worker's log.
             raise EngineError(f"vLLM failed during {what} of {self.model_path}:\n{payload.strip().splitlines()[-1]}\n"
-                              f"(full traceback:\n{payload})")
+                              f"(full traceback:\n{payload})\nthe worker's last log lines:\n{self.log_tail()}")
         return payload
 
     def log_tail(self, lines: int = 15) -> str:
