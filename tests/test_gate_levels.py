@@ -8,7 +8,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from scipy import stats
 
 from longquant_checks.errors import UnknownValueError
 from longquant_checks.gate import (
@@ -19,6 +18,7 @@ from longquant_checks.gate import (
 )
 from longquant_checks.gate import _mcnemar_p, _sign_flip_p, _stratified_sign_flip_p
 from longquant_checks.schema import Cell, parse_bucket
+from test_gate import monte_carlo_ceiling, paired_binary  # tests/ is on sys.path (pytest's prepend mode)
 
 ZERO = Tolerance(0.0, "zero (test)")
 LANGS4 = ("en", "de", "fr", "ja")
@@ -35,21 +35,8 @@ def same_model(rng, n, agree):
     return ref.astype(float), cand.astype(float)
 
 
-def planted(rng, n, accuracy, redraw, drop=0.0):
-    """Exchangeable noise (a `redraw` share of answers re-drawn at the same accuracy) plus, when `drop` > 0,
-    each right candidate answer turned wrong with probability drop/accuracy: a paired loss of `drop`."""
-    ref = rng.random(n) < accuracy
-    cand = ref.copy()
-    redo = rng.random(n) < redraw
-    cand[redo] = rng.random(int(redo.sum())) < accuracy
-    if drop:
-        cand &= ~(rng.random(n) < drop / accuracy)
-    return ref.astype(float), cand.astype(float)
-
-
-def monte_carlo_ceiling(runs: int, rate: float = 0.05) -> float:
-    """The binomial 99th percentile of the false-alarm share of `runs` runs at a true rate of `rate`."""
-    return stats.binom.ppf(0.99, runs, rate) / runs
+# Exchangeable noise plus an optional planted paired drop, and the Monte Carlo margin: shared with test_gate.py.
+planted = paired_binary
 
 
 def plan(tasks, buckets, languages):
