@@ -42,15 +42,22 @@ class BaselinePolicy:
         if self.update is not None and self.update not in UPDATE_MODES:
             raise LongquantError(f"--lq-update-baselines={self.update!r}; accepted: {', '.join(UPDATE_MODES)}")
 
+    def wants_reference_run(self, cell: Cell, samples: Sequence[Sample], task: Task,
+                            reference_fingerprint: str) -> bool:
+        """Whether `choose` will run the reference for this cell (so a caller can run all such cells at once)."""
+        entry = self.store.get(cell)
+        problems = self._problems(entry, samples, reference_fingerprint, task) if entry else []
+        rescore = entry is not None and entry.scorer_version != task.scorer_version
+        return (self.update == "all" or (self.update in ("missing", "failed") and entry is None)
+                or (self.update == "failed" and bool(problems or rescore)))
+
     def choose(self, cell: Cell, samples: Sequence[Sample], task: Task, reference_fingerprint: str,
                run_reference: Callable[[Cell, bool], CellResult]) -> BaselineChoice:
         """`run_reference(cell, fresh)` runs the reference on this setup (fresh: bypassing the resume cache)."""
         entry = self.store.get(cell)
         problems = self._problems(entry, samples, reference_fingerprint, task) if entry else []
         rescore = entry is not None and entry.scorer_version != task.scorer_version
-        wanted = (self.update == "all" or (self.update in ("missing", "failed") and entry is None)
-                  or (self.update == "failed" and (problems or rescore)))
-        if wanted:
+        if self.wants_reference_run(cell, samples, task, reference_fingerprint):
             if self.limited:
                 raise LongquantError("baselines are not updated from a --lq-limit run (they would hold fewer "
                                      "samples); drop --lq-limit")

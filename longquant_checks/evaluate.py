@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import replace
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 from .checkpoints.resolve import ResolvedCheckpoint
 from .errors import LongquantError
@@ -80,15 +80,96 @@ class CheckpointRunner:
                         self.book.task(cell.task).version)
 
     def run(self, cell: Cell, fresh: bool = False) -> CellResult:
-        """The cell's result: from the resume cache (re-scored if the scorer changed), else generated, scored and
-        saved atomically. `fresh` bypasses the cache (a deliberate baseline refresh re-runs the model)."""
-        key = self.key(cell)
-        if not fresh and (found := self._cached(cell, key)) is not None:
-            return found
-        with self.store.lock(self.label, cell, key):
-            # Finished by another process while we waited (not when asked for a fresh run: that one must re-run).
-            found = None if fresh else self._cached(cell, key)
-            return found if found is not None else self._compute(cell, key)
+        """The cell's result (see run_many); raises the cell's error."""
+        found = self.run_many([cell], fresh)[cell]
+        if isinstance(found, Exception):
+            raise found
+        return found
+
+    def run_many(self, cells: Sequence[Cell], fresh: bool = False) -> dict[Cell, CellResult | LongquantError]:
+        """Each cell's result, or the error that kept it from one. Cached cells come from the resume cache
+        (re-scored if the scorer changed); the others go to the engine as one stream, and each is scored and saved
+        atomically as soon as its last sample is answered, so an interrupted run keeps every finished cell.
+        `fresh` bypasses the cache (a deliberate baseline refresh re-runs the model)."""
+        results: dict[Cell, CellResult | LongquantError] = {}
+        keys = {cell: self.key(cell) for cell in cells}
+        for cell in cells:
+            if not fresh and (found := self._cached(cell, keys[cell])) is not None:
+                results[cell] = found
+        todo = [c for c in cells if c not in results]
+        # Lock every cell to compute, in one order (no two processes wait on each other); a cell finished by another
+        # process while we waited is reused, except on a fresh run, which must re-run it.
+        locks = {}
+        try:
+            for cell in sorted(todo):
+                lock = self.store.lock(self.label, cell, keys[cell])
+                lock.acquire()
+                locks[cell] = lock
+                if not fresh and (found := self._cached(cell, keys[cell])) is not None:
+                    results[cell] = found
+            todo = [c for c in todo if c not in results]
+            if todo:
+                self._stream(todo, keys, results, locks)
+        finally:
+            for lock in locks.values():
+                lock.release()
+        return results
+
+    def _stream(self, cells: Sequence[Cell], keys: dict[Cell, str], results: dict, locks: dict) -> None:
+        try:
+            engine = self.engine
+        except EngineStartError as exc:
+            results.update({c: exc for c in cells})
+            return
+        runnable = []
+        for cell in cells:
+            try:
+                samples = self.book.samples(cell)
+            except LongquantError as exc:
+                results[cell] = exc
+                continue
+            needed = max((s.n_tokens + s.max_new_tokens for s in samples), default=0)
+            if needed > engine.max_model_len > 0:
+                results[cell] = LongquantError(f"cell {cell.id} needs {needed} tokens, over {self.label}'s "
+                                               f"max_model_len {engine.max_model_len}")
+            else:
+                runnable.append(cell)
+        pending = {cell: {} for cell in runnable}  # cell -> position in the cell -> output
+        origin: list[tuple[Cell, int]] = []  # stream position -> (cell, position in the cell)
+
+        def plan():  # read lazily: only the cells in flight are held in memory (SampleBook keeps a few)
+            for cell in runnable:
+                for index, sample in enumerate(self.book.samples(cell)):
+                    origin.append((cell, index))
+                    yield sample
+
+        t0 = time.perf_counter()
+        try:
+            for position, output in engine.stream(plan()):
+                cell, index = origin[position]
+                pending[cell][index] = output
+                if len(pending[cell]) == len(self.book.samples(cell)):
+                    results[cell] = self._finish(cell, keys[cell], pending.pop(cell), engine, t0)
+                    locks.pop(cell).release()  # another process may take it from here
+        except Exception as exc:  # the engine failed mid-stream: finished cells are saved, the rest fail with its cause
+            for cell in pending:
+                results[cell] = LongquantError(f"{self.label} {cell.id}: the {self.setup.kind} engine failed while "
+                                               f"generating: {_root_cause(exc)}")
+
+    def _finish(self, cell: Cell, key: str, outputs: dict[int, Any], engine, t0: float) -> CellResult:
+        samples = self.book.samples(cell)
+        task = self.book.task(cell.task)
+        results = [SampleResult(s.id, s.prompt_sha256, float(task.score(s, o.text)), o.text, o.n_prompt_tokens,
+                                o.n_output_tokens, round(o.seconds, 4), o.finish_reason)
+                   for s, o in ((s, outputs[i]) for i, s in enumerate(samples))]
+        identity = dict(self.engine_identity())
+        identity["engine_version"] = engine.info.version
+        result = CellResult(self.label, cell, results, key, self.checkpoint.identity, identity, task.version,
+                            self.book.seed, scorer_version=task.scorer_version, longquant_version=longquant_version())
+        self.store.save(result)
+        self.progress(f"{self.label} {cell.id}: {result.mean_points:.1f} "
+                      f"({len(samples)} samples, {time.perf_counter() - t0:.0f} s into the stream)")
+        return result
 
     def _cached(self, cell: Cell, key: str) -> CellResult | None:
         found = self.store.load(self.label, cell, key)
@@ -103,28 +184,6 @@ class CheckpointRunner:
         self.store.save(result)
         self.progress(f"{self.label} {cell.id}: re-scored from stored outputs (scorer v{result.rescored_from} -> "
                       f"v{task.scorer_version})")
-        return result
-
-    def _compute(self, cell: Cell, key: str) -> CellResult:
-        samples = self.book.samples(cell)
-        task = self.book.task(cell.task)
-        engine = self.engine
-        needed = max((s.n_tokens + s.max_new_tokens for s in samples), default=0)
-        if needed > engine.max_model_len > 0:
-            raise LongquantError(f"cell {cell.id} needs {needed} tokens, over {self.label}'s max_model_len "
-                                 f"{engine.max_model_len}")
-        t0 = time.perf_counter()
-        outputs = engine.generate(samples)
-        results = [SampleResult(s.id, s.prompt_sha256, float(task.score(s, o.text)), o.text, o.n_prompt_tokens,
-                                o.n_output_tokens, round(o.seconds, 4), o.finish_reason)
-                   for s, o in zip(samples, outputs)]
-        identity = dict(self.engine_identity())
-        identity["engine_version"] = engine.info.version
-        result = CellResult(self.label, cell, results, key, self.checkpoint.identity, identity, task.version,
-                            self.book.seed, scorer_version=task.scorer_version, longquant_version=longquant_version())
-        self.store.save(result)
-        self.progress(f"{self.label} {cell.id}: {result.mean_points:.1f} "
-                      f"({time.perf_counter() - t0:.0f} s, {len(samples)} samples)")
         return result
 
     def close(self) -> None:

@@ -86,3 +86,16 @@ def header(run: GateRun) -> str:
         lines.append(f"longquant: not-gated cases allowed for: {', '.join(sorted(run.allowed_not_gated))}")
     lines.append("longquant versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
     return "\n".join(lines)
+
+
+def toml_inline(value) -> str:
+    """A value as a TOML inline literal, for settings the messages tell users to paste into their config."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_inline(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_inline(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)

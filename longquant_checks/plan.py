@@ -133,8 +133,10 @@ def resolve_buckets(values: Iterable[str | int] | None) -> list[int]:
 
 
 def plan_cells(tasks: Iterable[str] | None, buckets: Iterable[str | int] | None,
-               languages: Iterable[str] | None, max_model_len: int | None = None) -> list[PlannedCell]:
-    """Cells in a stable order (task, bucket, language); buckets over the model's length are skipped."""
+               languages: Iterable[str] | None, max_model_len: int | None = None,
+               too_long_hint: str = "") -> list[PlannedCell]:
+    """Cells in a stable order (task, bucket, language); buckets over the model's length are not gated, with
+    `too_long_hint` (the setting that would enable them) in the reason."""
     planned = []
     for task in resolve_tasks(tasks):
         for bucket in resolve_buckets(buckets):
@@ -142,6 +144,6 @@ def plan_cells(tasks: Iterable[str] | None, buckets: Iterable[str | int] | None,
                 reason = None
                 if max_model_len is not None and bucket > max_model_len:
                     reason = NotGated("too-long", f"bucket {bucket_label(bucket)} ({bucket} tokens) exceeds the "
-                                                  f"model's max length {max_model_len}")
+                                                  f"model's max length {max_model_len}{too_long_hint}")
                 planned.append(PlannedCell(Cell(task, bucket, language), reason))
     return planned

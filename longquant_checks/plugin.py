@@ -26,7 +26,9 @@ from typing import Any
 import pytest
 
 from .config import Config, ConfigError, find_config, load_config
+from .engines import gpus_needed
 from .errors import LongquantError
+from .gpus import auto_workers, slices
 from .plan import NOT_GATED_REASONS
 from .run import REFERENCE, UPDATE_MODES, Case, GateRun, Outcome
 
@@ -94,6 +96,7 @@ def pytest_configure(config: pytest.Config) -> None:
         if filtered:
             raise pytest.UsageError(f"--lq-prune-baselines needs an unfiltered run (drop {', '.join(filtered)}): "
                                     "a filtered run would delete baselines of cells it did not select")
+    _refuse_xdist_with_ray(config)
     # Under xdist: one checkpoint per worker group; a GPU slice per worker, set before CUDA initialises.
     if getattr(config.option, "dist", None) == "load" and getattr(config.option, "numprocesses", None):
         config.option.dist = "loadgroup"
@@ -101,7 +104,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.loadgroup = True  # workers read --dist from the command line, not from the controller
     if _is_worker(config):
         info = config.workerinput
-        _pin_worker_resources(int(str(info["workerid"]).removeprefix("gw")), int(info.get("workercount", 1)))
+        _pin_worker_resources(config, int(str(info["workerid"]).removeprefix("gw")), int(info.get("workercount", 1)))
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -137,18 +140,93 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
     return CheckpointGroups(config, log)
 
 
-def _pin_worker_resources(index: int, count: int) -> None:
+def _listed_gpus() -> list[str]:
+    """The GPUs this process may use, without initialising CUDA here (a worker pins its slice before torch does)."""
     devices = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if devices is None and shutil.which("nvidia-smi"):
+    if devices is not None:
+        return [d.strip() for d in devices.split(",") if d.strip()]
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(line for line in listed.splitlines() if line.startswith("GPU"))]
+
+
+def _gate_config(config: pytest.Config) -> Config | None:
+    path = _config_path(config)
+    if path is None:
+        return None
+    try:
+        return load_config(path)
+    except ConfigError:
+        return None  # reported when the session starts
+
+
+def _refuse_xdist_with_ray(config: pytest.Config) -> None:
+    """Several hosts: one pytest process on the Ray head drives vLLM's Ray executor; xdist workers would each start
+    their own engine across the same cluster."""
+    workers = getattr(config.option, "numprocesses", None)
+    if not workers or _is_worker(config):
+        return
+    cfg = _gate_config(config)
+    if cfg is None:
+        return
+    g = cfg.gate
+    every = [("the reference", {**g.engine_args, **g.reference.engine_args})]
+    every += [(repr(c.name), {**g.engine_args, **c.engine_args}) for c in g.candidates]
+    ray = [name for name, args in every if args.get("distributed_executor_backend") == "ray"]
+    if ray:
+        raise pytest.UsageError(
+            f"longquant: {', '.join(ray)} use distributed_executor_backend = \"ray\" (several hosts): run pytest once, "
+            f"on the Ray head, without -n (xdist workers would each start an engine across the same cluster; "
+            f"docs/multi-host.md)")
+
+
+def _widest_checkpoint(config: pytest.Config) -> int | None:
+    """GPUs the widest vLLM checkpoint of the gate config spans (None: no GPU plan here). Read from the config
+    alone: a worker must not touch CUDA before its slice is set."""
+    cfg = _gate_config(config)
+    if cfg is None:
+        return None
+    g = cfg.gate
+    if not (g.device.startswith("cuda") or (g.device == "auto" and _listed_gpus())):
+        return None
+    widths = []
+    for engine, args in [(g.engine, {**g.engine_args, **g.reference.engine_args}),
+                         *((c.engine or g.engine, {**g.engine_args, **c.engine_args}) for c in g.candidates)]:
         try:
-            listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
-            devices = ",".join(str(i) for i, line in enumerate(listed.splitlines()) if line.startswith("GPU"))
-        except (OSError, subprocess.SubprocessError):
-            devices = None
-    if devices:
-        ids = [d for d in devices.split(",") if d.strip()]
-        per = max(1, len(ids) // count)
-        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(ids[index * per:(index + 1) * per]) or ids[index % len(ids)]
+            widths.append(gpus_needed(args) if engine == "vllm" else 1)
+        except LongquantError:
+            widths.append(1)  # the session start reports the bad value
+    return max(widths)
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """`-n auto` on a GPU plan: GPUs // the widest checkpoint's GPUs (not the CPU count)."""
+    widest = _widest_checkpoint(config)
+    devices = _listed_gpus()
+    if widest is None or not devices:
+        return None
+    try:
+        return auto_workers(devices, widest)
+    except LongquantError as exc:
+        raise pytest.UsageError(f"longquant: {exc}") from None
+
+
+def _pin_worker_resources(config: pytest.Config, index: int, count: int) -> None:
+    devices = _listed_gpus()
+    widest = _widest_checkpoint(config) if devices else None
+    if widest is not None:  # a GPU plan: every worker gets a full slice of the widest checkpoint, or a clear error
+        try:
+            mine = slices(devices, widest, count)[index]
+        except LongquantError as exc:
+            raise pytest.UsageError(f"longquant: {exc}") from None
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(mine)
+    elif devices:  # GPUs, but no GPU plan: an even share each (shared when there are more workers than GPUs)
+        per = max(1, len(devices) // count)
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(devices[index * per:(index + 1) * per]) or devices[index % len(devices)]
     else:  # CPU: split the cores so workers don't oversubscribe them
         threads = max(1, (os.cpu_count() or 1) // count)
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))

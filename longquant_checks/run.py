@@ -9,25 +9,27 @@ runs the selected cells of that checkpoint (all in one worker under xdist loadgr
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable, Sequence
 
 from . import gate
 from .baseline_policy import UPDATE_MODES, BaselineChoice, BaselinePolicy
 from .baselines import BaselineStore, version_notes
-from .checkpoints.info import max_context_length
+from .checkpoints.info import context_length, yarn_overrides
 from .checkpoints.recipes import get_recipe
 from .checkpoints.resolve import ResolvedCheckpoint
 from .config import Config, ConfigError
-from .engines import resolve_device
+from .engines import gpus_needed, resolve_device, visible_gpus
 from .errors import LongquantError
 from .evaluate import CheckpointRunner, RunnerPool
 from .lineup import REFERENCE, Lineup
-from .messages import RefreshCommands, failure_message, header
-from .plan import NOT_GATED_REASONS, Case, NotGated, PlannedCheckpoint, check_allowed, plan_cases, plan_cells
+from .messages import RefreshCommands, failure_message, header, toml_inline
+from .plan import (NOT_GATED_REASONS, Case, NotGated, PlannedCheckpoint, check_allowed, plan_cases, plan_cells,
+                   resolve_buckets)
 from .results import ResultStore
 from .samples import SampleBook
-from .schema import Cell
+from .schema import Cell, bucket_label
 from .setups import EngineSetup, check_settings, reference_settings
 from .tasks.base import TextSources
 from .text.fitting import FitError
@@ -67,6 +69,7 @@ class GateRun:
         self.commands = RefreshCommands(tuple(invocation))
         self.lineup = Lineup(config, self.device, self.engine_for)
         self._check_engine_settings()
+        self._check_gpus()
         self._book: SampleBook | None = None
         self._runners = RunnerPool()
         self._policies: dict[str, BaselinePolicy] = {}
@@ -99,16 +102,58 @@ class GateRun:
         except LongquantError as exc:
             raise ConfigError(str(exc)) from None
 
+    def _check_gpus(self) -> None:
+        """A GPU plan finds its GPUs here, or stops before anything loads: no CUDA at all, or a checkpoint whose
+        tensor x pipeline x data parallel size exceeds the GPUs this process sees."""
+        if not self.device.startswith("cuda"):
+            return
+        have = visible_gpus()
+        shown = os.environ.get("CUDA_VISIBLE_DEVICES")
+        seen = f" (CUDA_VISIBLE_DEVICES={shown})" if shown is not None else ""
+        if have == 0:
+            raise ConfigError(f"{self.config.path}: device = {self.config.gate.device!r}, but this machine shows no "
+                              f"CUDA GPU{seen}: run the plan on a GPU machine, or set device = \"cpu\" (or \"auto\")")
+        for name in [REFERENCE, *(c.name for c in self.config.gate.candidates)]:
+            setup = self.setup_for(name)
+            if setup.kind != "vllm":
+                continue
+            try:
+                need = gpus_needed(setup.settings)
+            except LongquantError as exc:
+                raise ConfigError(f"{self.config.path}: engine_args of {name!r}: {exc}") from None
+            if need > have:
+                raise ConfigError(
+                    f"{self.config.path}: {name!r} needs {need} GPUs (tensor x pipeline x data parallel size) but this "
+                    f"process sees {have}{seen}; lower its parallel sizes, or give it more GPUs (under xdist each "
+                    "worker gets GPUs / workers of them: use fewer workers)")
+
     def max_model_len(self) -> int | None:
-        args = self.config.gate.engine_args
-        if isinstance(args.get("max_model_len"), int):
-            return args["max_model_len"]
-        return max_context_length(self.reference.path)
+        """The longest prompt + answer the plan may use: the shared max_model_len, capped by the positions the
+        reference covers with the shared RoPE overrides (a longer max_model_len would only fail at engine start)."""
+        args = {**self.config.gate.engine_args, **self.config.gate.reference.engine_args}
+        covered = context_length(self.reference.path, args.get("hf_overrides"))
+        wanted = args.get("max_model_len") if isinstance(args.get("max_model_len"), int) else None
+        return min(x for x in (covered, wanted) if x is not None) if (covered or wanted) else None
+
+    def _too_long_hint(self, limit: int | None) -> str:
+        """The setting that would gate buckets past the model's own length (YaRN, shared by every checkpoint)."""
+        g = self.config.gate
+        longest = max(resolve_buckets(g.buckets))
+        covered = context_length(self.reference.path, {**g.engine_args, **g.reference.engine_args}.get("hf_overrides"))
+        if limit is None or covered is None or covered > limit:
+            return ""  # the user's own max_model_len is the limit: nothing to suggest
+        overrides = yarn_overrides(self.reference.path, longest)
+        if not overrides:
+            return ""
+        return (f" without RoPE scaling; to gate up to {bucket_label(longest)}, extend every checkpoint of the gate "
+                f"alike with YaRN (vLLM): engine_args = {{ max_model_len = {longest}, hf_overrides = "
+                f"{toml_inline(overrides)} }} (docs/gpu.md)")
 
     def cases(self) -> list[Case]:
         """Every test, in a stable order (xdist needs identical collection on every worker)."""
         g = self.config.gate
-        cells = plan_cells(g.tasks, g.buckets, g.languages, self.max_model_len())
+        limit = self.max_model_len()
+        cells = plan_cells(g.tasks, g.buckets, g.languages, limit, self._too_long_hint(limit))
         checkpoints = [PlannedCheckpoint(n, self.engine_for(n), None if n == REFERENCE else self.config.candidate(n).recipe)
                        for n in self.checkpoint_names()]
         return plan_cases(checkpoints, cells, self.device)
@@ -198,27 +243,53 @@ class GateRun:
         return Family(tuple(c.cell for c in self.cases()
                             if c.checkpoint == name and c.level == "cell" and c.not_gated is None))
 
-    def _baseline(self, name: str, cell: Cell) -> BaselineChoice:
+    def _baseline(self, name: str, cell: Cell, ran: dict) -> BaselineChoice:
         setup = self.baseline_setup_for(name)
         task = self.book.task(cell.task)
+
+        def run_reference(c: Cell, fresh: bool):
+            found = ran.pop(c) if c in ran else self.runner(REFERENCE, setup).run(c, fresh=fresh)
+            if isinstance(found, Exception):
+                raise found
+            return found
+
         return self.policy(setup).choose(cell, self.book.samples(cell), task, self.reference.fingerprint,
-                                         lambda c, fresh: self.runner(REFERENCE, setup).run(c, fresh=fresh))
+                                         run_reference)
+
+    def _run_reference(self, name: str, cells: Sequence[Cell]) -> dict:
+        """The reference's runs that the baseline policy will ask for, as one stream (before any candidate)."""
+        setup = self.baseline_setup_for(name)
+        policy = self.policy(setup)
+        wanted = [c for c in cells if policy.wants_reference_run(c, self.book.samples(c), self.book.task(c.task),
+                                                                 self.reference.fingerprint)]
+        if not wanted or self.limited:  # a limited run never writes baselines: the policy says so per cell
+            return {}
+        return self.runner(REFERENCE, setup).run_many(wanted, fresh=self.update == "all")
 
     def _decide(self, name: str, selected: Sequence[Case]) -> None:
         for c in selected:
             if c.not_gated:
                 self._outcomes[c] = Outcome(c, not_gated=c.not_gated)
-        todo = [c for c in selected if c.level == "cell" and not c.not_gated]
-        # Baselines first (may run the reference), then the checkpoint: one model loaded at a time.
-        baselines: dict[Case, BaselineChoice] = {}
-        for c in todo:
+        todo = []
+        for c in selected:
+            if c.level != "cell" or c.not_gated:
+                continue
             try:
                 self.book.samples(c.cell)
             except FitError as exc:
                 self._outcomes[c] = Outcome(c, not_gated=NotGated("no-fit", str(exc)))
                 continue
+            todo.append(c)
+        # Baselines first (may run the reference), then the checkpoint: one model loaded at a time, each
+        # checkpoint's cells as one stream.
+        try:
+            ran = self._run_reference(name, [c.cell for c in todo])
+        except LongquantError as exc:
+            ran = {c.cell: exc for c in todo}
+        baselines: dict[Case, BaselineChoice] = {}
+        for c in todo:
             try:
-                choice = self._baseline(name, c.cell)
+                choice = self._baseline(name, c.cell, ran)
             except LongquantError as exc:
                 self._outcomes[c] = Outcome(c, error=str(exc))
                 continue
@@ -228,12 +299,15 @@ class GateRun:
                                                               .file_for(c.cell.task)))
             else:
                 baselines[c] = choice
+        try:
+            results = self.runner(name).run_many([c.cell for c in baselines]) if baselines else {}
+        except LongquantError as exc:  # the checkpoint itself cannot be resolved
+            results = {c.cell: exc for c in baselines}
         paired, details = [], {}
         for c, choice in baselines.items():
-            try:
-                result = self.runner(name).run(c.cell)
-            except LongquantError as exc:
-                self._outcomes[c] = Outcome(c, error=f"{name}: {exc}")
+            result = results[c.cell]
+            if isinstance(result, Exception):
+                self._outcomes[c] = Outcome(c, error=f"{name}: {result}")
                 continue
             ref_scores = {s["id"]: s["score"] for s in choice.entry.samples}
             paired.append(PairedCell(c, [ref_scores[s.id] for s in result.samples], result.scores, choice.entry.mean))

@@ -11,6 +11,7 @@ import base64
 import gzip
 import hashlib
 import json
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,7 @@ def _encode(sample: Sample) -> dict:
 
 
 def _decode(obj: dict) -> Sample:
-    ids = np.frombuffer(base64.b64decode(obj["ids"]), dtype="<u4").tolist()
+    ids = np.frombuffer(base64.b64decode(obj["ids"]), dtype="<u4")
     sample = Sample(id=obj["id"], cell=Cell(*obj["cell"]), messages=obj["messages"], answers=obj["answers"],
                     prompt_token_ids=ids, max_new_tokens=obj["max_new_tokens"], metadata=obj["metadata"])
     if sample.prompt_sha256 != obj["prompt_sha256"]:
@@ -71,13 +72,18 @@ def load_or_generate(task: Task, cell: Cell, tok: PromptTokenizer, n: int, seed:
 
 
 class SampleBook:
-    """Each cell's samples, built once per process with the reference's tokenizer: every checkpoint sees
-    byte-identical token ids."""
+    """Each cell's samples, built once with the reference's tokenizer (every checkpoint sees byte-identical token
+    ids) and cached on disk. In memory it holds only the most recently used cells, up to `keep_tokens` prompt
+    tokens (4 bytes each), so memory is bounded by what is in flight, not by the plan: an evicted cell is read back
+    from the disk cache, byte-identical."""
 
-    def __init__(self, tokenizer: PromptTokenizer, n: int, seed: int, sources: TextSources | None = None):
+    def __init__(self, tokenizer: PromptTokenizer, n: int, seed: int, sources: TextSources | None = None,
+                 keep_tokens: int = 64_000_000):
         self.tokenizer, self.n, self.seed, self.sources = tokenizer, n, seed, sources
+        self.keep_tokens = keep_tokens
         self._tasks: dict[str, Task] = {}
-        self._samples: dict[Cell, list[Sample]] = {}
+        self._samples: OrderedDict[Cell, list[Sample]] = OrderedDict()
+        self._tokens = 0
 
     def task(self, name: str) -> Task:
         if name not in self._tasks:
@@ -85,6 +91,13 @@ class SampleBook:
         return self._tasks[name]
 
     def samples(self, cell: Cell) -> list[Sample]:
-        if cell not in self._samples:
-            self._samples[cell], _ = load_or_generate(self.task(cell.task), cell, self.tokenizer, self.n, self.seed)
-        return self._samples[cell]
+        if cell in self._samples:
+            self._samples.move_to_end(cell)
+            return self._samples[cell]
+        samples, _ = load_or_generate(self.task(cell.task), cell, self.tokenizer, self.n, self.seed)
+        self._samples[cell] = samples
+        self._tokens += sum(s.n_tokens for s in samples)
+        while self._tokens > self.keep_tokens and len(self._samples) > 1:
+            _, dropped = self._samples.popitem(last=False)
+            self._tokens -= sum(s.n_tokens for s in dropped)
+        return samples

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,18 +65,23 @@ class Sample:
     `prompt_token_ids` is what engines that accept token ids receive; `messages` (one user turn)
     is the text form for logs and text-only servers. `n_tokens` counts the prompt (chat template
     included); `max_new_tokens` is the task's generation budget; the two never exceed the bucket.
+    The ids are kept as a uint32 array (4 bytes a token; a list of Python ints takes ~36: 5 MB per 128K prompt).
     """
 
     id: str
     cell: Cell
     messages: list[dict[str, str]]
     answers: list[str]
-    prompt_token_ids: list[int]
+    prompt_token_ids: "array[int]"
     max_new_tokens: int
     metadata: dict[str, Any] = field(default_factory=dict)
     prompt_sha256: str = ""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.prompt_token_ids, array):
+            ids = array("I")
+            ids.frombytes(np.asarray(self.prompt_token_ids, dtype=np.uint32).tobytes())
+            self.prompt_token_ids = ids
         if not self.prompt_sha256:
             self.prompt_sha256 = hash_token_ids(self.prompt_token_ids)
 

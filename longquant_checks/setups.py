@@ -26,7 +26,8 @@ ENGINE_SETTINGS: dict[str, tuple[str, ...]] = {
     "hf": ("dtype", "batch_size", "max_model_len", "kv_cache"),
     "vllm": ("dtype", "max_model_len", "kv_cache_dtype", "quantization", "hf_overrides", "tensor_parallel_size",
              "pipeline_parallel_size", "distributed_executor_backend", "gpu_memory_utilization",
-             "enable_prefix_caching", "enforce_eager", "seed", "in_process", "start_timeout", "kv_cache_space_gib"),
+             "enable_prefix_caching", "enforce_eager", "seed", "in_process", "start_timeout", "kv_cache_space_gib",
+             "data_parallel_size", "prewarm", "max_tokens_in_flight"),
     "openai": ("base_url", "served_model", "api_key_env", "concurrency", "timeout", "max_retries", "max_model_len",
                "managed", "serve_args", "pin"),
 }

@@ -21,14 +21,25 @@ def samples(tok):
     return task, task.generate(Cell("niah_single_2", 1024, "en"), tok, 4, 5)
 
 
-def test_vllm_answers_like_transformers_and_frees_its_worker(demo_path, samples):
+def test_vllm_streams_answers_like_transformers_and_frees_its_worker(demo_path, samples):
     task, batch = samples
-    with open_engine("vllm", str(demo_path), max_model_len=8192) as engine:
+    # One prompt in flight at a time (the budget is below two prompts): the stream feeds the worker as answers
+    # come back. prewarm: a spare worker imports vLLM meanwhile, and the next engine starts in it.
+    with open_engine("vllm", str(demo_path), max_model_len=8192, max_tokens_in_flight=1500, prewarm=True) as engine:
         worker = engine._proc
-        assert worker.is_alive() and engine.max_model_len == 8192
+        assert worker.is_alive() and engine.max_model_len == 8192 and not engine.prewarmed
         assert engine.info.name == "vllm" and engine.info.settings["enforce_eager"] is True
-        vllm_out = engine.generate(batch)
+        streamed = list(engine.stream(iter(batch)))  # a generator: the plan is read lazily
+        from longquant_checks.engines import vllm as vllm_engine
+
+        spare = vllm_engine._spare.proc.pid
     assert not worker.is_alive(), "the vLLM worker process outlived the engine"
+    assert sorted(p for p, _ in streamed) == list(range(len(batch)))  # every sample answered once
+    vllm_out = [o for _, o in sorted(streamed, key=lambda pair: pair[0])]
+    with open_engine("vllm", str(demo_path), max_model_len=8192) as engine:  # the whole plan in flight at once
+        assert engine.prewarmed and engine._proc.pid == spare
+        at_once = engine.generate(batch)
+    assert sum(a.text == b.text for a, b in zip(vllm_out, at_once)) >= len(batch) - 1
     with open_engine("hf", str(demo_path), batch_size=4) as engine:
         hf_out = engine.generate(batch)
     vllm_scores = [task.score(s, o.text) for s, o in zip(batch, vllm_out)]

@@ -60,7 +60,7 @@ def test_niah_lengths_needles_and_answers(tok, task_name, bucket, lang, seed, in
         assert content.count(text.strip()) == 1, f"needle {text!r} not present exactly once"
         ids = tok.encode(text)
         start = pos["token_start"]
-        assert sample.prompt_token_ids[start:start + len(ids)] == ids, "needle ids cut or split"
+        assert sample.prompt_token_ids[start:start + len(ids)].tolist() == ids, "needle ids cut or split"
         assert 0.0 <= pos["actual_depth"] <= 1.0
     if task.spec.absent:
         asked = sample.metadata["keys"][0]

@@ -17,3 +17,41 @@ def max_context_length(source: str | Path) -> int | None:
         if isinstance(data.get(key), int):
             return data[key]
     return None
+
+
+def _rope(data: dict) -> dict:
+    rope = data.get("rope_parameters") or data.get("rope_scaling") or {}
+    return rope if isinstance(rope, dict) else {}
+
+
+def context_length(source: str | Path, overrides: dict | None = None) -> int | None:
+    """The positions the model covers once `overrides` (vLLM's hf_overrides, the same on every checkpoint of a
+    gate) are applied: an overridden max_position_embeddings, else the config's, times a YaRN / linear / dynamic
+    RoPE factor when the override brings one (None: not a local checkpoint)."""
+    base = max_context_length(source)
+    overrides = overrides or {}
+    if isinstance(overrides.get("max_position_embeddings"), int):
+        return overrides["max_position_embeddings"]
+    rope = _rope(overrides)
+    if base is not None and rope.get("factor") and rope.get("rope_type", rope.get("type")) != "default":
+        original = rope.get("original_max_position_embeddings") or base
+        return int(original * float(rope["factor"]))
+    return base
+
+
+def yarn_overrides(source: str | Path, target: int) -> dict | None:
+    """The hf_overrides that stretch the model to `target` positions with YaRN, as the source study ran Qwen2.5 past
+    32K: the config's own RoPE theta kept, factor = target / original length (None: no local config)."""
+    config = Path(source) / "config.json"
+    base = max_context_length(source)
+    if base is None or not config.is_file():
+        return None
+    data = json.loads(config.read_text(encoding="utf-8"))
+    data = data.get("text_config", data)
+    theta = _rope(data).get("rope_theta", data.get("rope_theta"))
+    factor = target / base
+    rope = {"rope_type": "yarn", "factor": float(factor), "original_max_position_embeddings": base}
+    if theta is not None:
+        rope["rope_theta"] = theta
+    # max_position_embeddings too: newer vLLM takes a YaRN model's max_position_embeddings as already scaled.
+    return {"rope_parameters": rope, "max_position_embeddings": target}

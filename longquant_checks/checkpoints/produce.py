@@ -106,7 +106,7 @@ def calibration_ids(reference: str | Path, spec: CalibrationSpec) -> list[list[i
     for language in spec.languages:
         # Through the samples cache: the ids are made once, then read (the produce cache key needs them each run).
         for sample in load_or_generate(task, Cell("niah_single_2", bucket, language), tok, per_language, spec.seed)[0]:
-            out.append(sample.prompt_token_ids[: spec.tokens])
+            out.append(sample.prompt_token_ids[: spec.tokens].tolist())
     return out[: spec.samples]
 
 

@@ -6,7 +6,7 @@ from importlib import import_module
 from typing import Any
 
 from ..checkpoints.recipes import get_recipe, unsupported_reason
-from ..errors import UnknownValueError, UnsupportedError
+from ..errors import SettingsError, UnknownValueError, UnsupportedError
 
 _BACKENDS = {
     "hf": ("longquant_checks.engines.hf", "HFEngine"),
@@ -41,3 +41,25 @@ def resolve_device(device: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     except ImportError:
         return "cpu"
+
+
+def visible_gpus() -> int:
+    """CUDA devices this process may use (CUDA_VISIBLE_DEVICES applied); 0 without torch or CUDA."""
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except ImportError:
+        return 0
+
+
+def gpus_needed(settings: dict[str, Any]) -> int:
+    """GPUs one vLLM engine of these settings spans: tensor x pipeline x data parallel sizes."""
+    size = 1
+    for key in ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size"):
+        value = settings.get(key)
+        value = 1 if value is None else value
+        if not isinstance(value, int) or value < 1:
+            raise SettingsError(f"{key} = {value!r}: a positive integer is needed")
+        size *= value
+    return size

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+import itertools
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Iterator, Sequence
 
 from ..schema import Sample
 
@@ -40,14 +41,36 @@ def cpu_dtype() -> str:
     return "bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"
 
 
-class Engine(Protocol):
+class Engine:
+    """The one engine base class (lm-evaluation-harness's LM): an engine implements `stream`, everything else
+    derives from it. A context manager; `close` releases the model."""
+
     info: EngineInfo
     max_model_len: int
 
-    def __enter__(self) -> "Engine": ...
+    def __enter__(self) -> "Engine":
+        return self
 
-    def __exit__(self, *exc: object) -> None: ...
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        pass
+
+    def stream(self, samples: Iterable[Sample]) -> Iterator[tuple[int, Output]]:
+        """Greedy answers as they finish, as (position in `samples`, output), in any order. `samples` is consumed
+        lazily, so a plan larger than memory can be fed from a generator; every sample is answered once."""
+        raise NotImplementedError
 
     def generate(self, samples: Sequence[Sample], max_new_tokens: int | None = None) -> list[Output]:
         """Greedy answers to `samples` (token-id prompts), in order. None: each sample's own budget."""
-        ...
+        if max_new_tokens is not None:
+            samples = [replace(s, max_new_tokens=max_new_tokens) for s in samples]
+        found = dict(self.stream(samples))
+        return [found[i] for i in range(len(samples))]
+
+
+def by_cell(samples: Iterable[Sample]) -> Iterator[list[tuple[int, Sample]]]:
+    """Consecutive samples of the same cell, with their positions in the stream."""
+    for _, group in itertools.groupby(enumerate(samples), key=lambda pair: pair[1].cell):
+        yield list(group)

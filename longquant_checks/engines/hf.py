@@ -8,13 +8,13 @@ from __future__ import annotations
 import gc
 import time
 import warnings
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 from ..schema import Sample
-from .base import EngineInfo, Output, cpu_dtype
+from .base import Engine, EngineInfo, Output, by_cell, cpu_dtype
 
 
-class HFEngine:
+class HFEngine(Engine):
     def __init__(self, model_path: str, dtype: str = "auto", device: str | None = None, batch_size: int = 4,
                  trust_remote_code: bool = False, max_model_len: int | None = None,
                  inflight: dict | None = None, kv_cache: dict | None = None):
@@ -68,26 +68,28 @@ class HFEngine:
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=params.get("quant_type", "nf4"),
                                   bnb_4bit_compute_dtype=compute_dtype)
 
-    def __enter__(self) -> "HFEngine":
-        return self
+    def close(self) -> None:
+        if getattr(self, "model", None) is not None:
+            self.model = None
+            self._release_cache()
 
-    def __exit__(self, *exc: object) -> None:
-        del self.model
-        self._release_cache()
+    def stream(self, samples: Iterable[Sample]) -> Iterator[tuple[int, Output]]:
+        # No continuous batching here: each cell is batched on its own, similar lengths together (small padding),
+        # so a cell's batches, and thus its float answers, do not depend on which other cells share the run.
+        for group in by_cell(samples):
+            yield from self._cell(group)
 
-    def generate(self, samples: Sequence[Sample], max_new_tokens: int | None = None) -> list[Output]:
-        # Similar lengths together keep padding small; results are returned in the input order.
-        order = sorted(range(len(samples)), key=lambda i: samples[i].n_tokens)
-        by_index: dict[int, Output] = {}
+    def _cell(self, group: list[tuple[int, Sample]]) -> Iterator[tuple[int, Output]]:
+        order = sorted(group, key=lambda pair: pair[1].n_tokens)
         start = 0
         while start < len(order):
-            batch = [samples[i] for i in order[start:start + self.batch_size]]
+            batch = order[start:start + self.batch_size]
             try:
-                outputs = self._generate_batch(batch, max_new_tokens)
+                outputs = self._generate_batch([s for _, s in batch])
             except Exception as exc:  # out of memory: halve the batch and retry it (long buckets on small GPUs)
                 if not _is_out_of_memory(exc) or len(batch) == 1:
                     if _is_out_of_memory(exc):
-                        raise MemoryError(f"one prompt of {batch[0].n_tokens} tokens does not fit in memory on "
+                        raise MemoryError(f"one prompt of {batch[0][1].n_tokens} tokens does not fit in memory on "
                                           f"{self.device} even at batch size 1: use a larger device, a smaller "
                                           f"bucket, or the vllm engine (paged KV cache)") from exc
                     raise
@@ -95,19 +97,17 @@ class HFEngine:
                 self.batch_size_reductions.append(self.batch_size)
                 self._release_cache()
                 continue
-            for row, out in enumerate(outputs):
-                by_index[order[start + row]] = out
+            yield from ((position, out) for (position, _), out in zip(batch, outputs))
             start += len(batch)
-        return [by_index[i] for i in range(len(samples))]
 
-    def _generate_batch(self, batch: Sequence[Sample], max_new_tokens: int | None) -> list[Output]:
+    def _generate_batch(self, batch: Sequence[Sample]) -> list[Output]:
         torch = self._torch
-        budget = max_new_tokens or max(s.max_new_tokens for s in batch)
+        budget = max(s.max_new_tokens for s in batch)
         width = max(s.n_tokens for s in batch)
         input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         attention = torch.zeros((len(batch), width), dtype=torch.long)
         for row, s in enumerate(batch):
-            input_ids[row, width - s.n_tokens:] = torch.tensor(s.prompt_token_ids)
+            input_ids[row, width - s.n_tokens:] = torch.tensor(s.prompt_token_ids.tolist())
             attention[row, width - s.n_tokens:] = 1
         t0 = time.perf_counter()
         with torch.inference_mode(), warnings.catch_warnings():
@@ -128,7 +128,7 @@ class HFEngine:
                 if tid in eos_ids:
                     new, finish = new[:k], "stop"
                     break
-            limit = max_new_tokens or s.max_new_tokens
+            limit = s.max_new_tokens
             if len(new) > limit:  # a batch-mate had a larger budget
                 new, finish = new[:limit], "length"
             text = self.tokenizer.decode(new, skip_special_tokens=True)

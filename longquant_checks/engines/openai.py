@@ -17,12 +17,12 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, as_completed, wait
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator
 
 from ..schema import Sample
-from .base import EngineInfo, Output, cpu_dtype
+from .base import Engine, EngineInfo, Output, cpu_dtype
 from ..errors import EngineError
 
 
@@ -79,7 +79,7 @@ class ManagedServer:
             pass
 
 
-class OpenAIEngine:
+class OpenAIEngine(Engine):
     def __init__(self, model_path: str, base_url: str | None = None, served_model: str | None = None,
                  api_key_env: str = "OPENAI_API_KEY", concurrency: int = 8, timeout: float = 600,
                  max_retries: int = 5, max_model_len: int | None = None, device: str = "remote",
@@ -119,25 +119,19 @@ class OpenAIEngine:
             **({"serve_command": self.server.command[1:]} if self.server else {}),
         }, device)
 
-    def __enter__(self) -> "OpenAIEngine":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def close(self) -> None:
         if self.server is not None:
             self.server.stop()
             self.server = None
 
-    def _one(self, sample: Sample, max_new_tokens: int | None) -> Output:
+    def _one(self, sample: Sample) -> Output:
         from openai import OpenAIError
 
         t0 = time.perf_counter()
         try:
             response = self.client.chat.completions.create(
                 model=self.model, messages=sample.messages, temperature=0.0,
-                max_tokens=max_new_tokens or sample.max_new_tokens,
+                max_tokens=sample.max_new_tokens,
             )
         except OpenAIError as exc:
             raise EngineError(f"{self.info.settings['base_url']}: request for {sample.id} failed: "
@@ -147,9 +141,17 @@ class OpenAIEngine:
         return Output(sample.id, choice.message.content or "", usage.prompt_tokens if usage else sample.n_tokens,
                       usage.completion_tokens if usage else 0, time.perf_counter() - t0, choice.finish_reason or "")
 
-    def generate(self, samples: Sequence[Sample], max_new_tokens: int | None = None) -> list[Output]:
+    def stream(self, samples: Iterable[Sample]) -> Iterator[tuple[int, Output]]:
+        # At most 2x concurrency requests queued: the plan is read lazily, answers come back as they finish.
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            return list(pool.map(lambda s: self._one(s, max_new_tokens), samples))
+            pending: dict = {}  # future -> position
+            for position, sample in enumerate(samples):
+                pending[pool.submit(self._one, sample)] = position
+                if len(pending) >= 2 * self.concurrency:
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    yield from ((pending.pop(f), f.result()) for f in done)
+            for future in as_completed(list(pending)):
+                yield pending.pop(future), future.result()
 
 
 # Fields of a served model that say which deployment answers; `created` and permission ids change on every call.

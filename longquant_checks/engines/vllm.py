@@ -1,40 +1,63 @@
-"""vLLM offline engine: a whole cell as one batch of token-id prompts, greedy.
+"""vLLM offline engine: a checkpoint's samples as one stream of token-id prompts, greedy, continuously batched.
 
-vLLM does not reliably free memory when an `LLM` is deleted, and a crash or OOM in it can take the
-process down, so by default the engine lives in its own worker process (spawned, as vLLM's CPU
-platform requires); `in_process=True` keeps it in this one (faster start, no isolation).
+The stream keeps at most `max_tokens_in_flight` prompt tokens submitted and unanswered (the plan is read lazily,
+so host memory is bounded by what is in flight, not by the plan) and reports each answer as it finishes, so the
+caller can save a cell the moment its last sample is done.
+
+vLLM does not reliably free memory when an `LLM` is deleted, and a crash or OOM in it can take the process down,
+so by default the engine lives in its own worker process (spawned, as vLLM's CPU platform requires);
+`in_process=True` keeps it in this one (no isolation). To cut the worker's start, a spare worker that has already
+imported vLLM is kept ready (`prewarm`, default on CUDA): the next checkpoint's engine starts in it while the
+previous checkpoint is still generating or being scored.
 """
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import os
+import queue
+import signal
 import tempfile
+import threading
 import time
 import traceback
-from typing import Any, Sequence
+import weakref
+from typing import Any, Iterable, Iterator
+
+import numpy as np
 
 from ..errors import EngineError
 from ..schema import Sample
-from .base import EngineInfo, Output, cpu_dtype
+from .base import Engine, EngineInfo, Output, cpu_dtype
 
 
 # LLM(...) arguments we pass on; the engine's other settings are ours. Both lists are in setups.ENGINE_SETTINGS,
 # which refuses any other key before the engine starts.
 _LLM_ARGS = ("max_model_len", "dtype", "kv_cache_dtype", "quantization", "tensor_parallel_size",
-             "pipeline_parallel_size", "distributed_executor_backend", "gpu_memory_utilization",
-             "enable_prefix_caching", "enforce_eager", "seed", "trust_remote_code", "hf_overrides")
+             "pipeline_parallel_size", "data_parallel_size", "distributed_executor_backend",
+             "gpu_memory_utilization", "enable_prefix_caching", "enforce_eager", "seed", "trust_remote_code",
+             "hf_overrides")
+DEFAULT_TOKENS_IN_FLIGHT = 8_000_000  # ~32 MB of uint32 prompts here; vLLM's scheduler decides what runs
 
 
-def _llm_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
+def llm_arguments(settings: dict[str, Any]) -> dict[str, Any]:
+    """What `LLM(...)` receives of the engine's (resolved) settings."""
     return {k: settings[k] for k in _LLM_ARGS if settings.get(k) is not None}
 
 
-def _prepare_cpu_env(settings: dict[str, Any]) -> None:
+def cpu_env(settings: dict[str, Any]) -> dict[str, str]:
     # Without an explicit KV space vLLM sizes it from a share of NUMA node 0 and may refuse to start;
     # its default thread binding leaves one of two cores idle.
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.get("kv_cache_space_gib", 4)))
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{max(0, (os.cpu_count() or 1) - 1)}")
+    # A step of emulated kernels (FP8 on CPU) on a busy machine can outlast vLLM's 300 s RPC timeout without hanging.
+    return {"VLLM_CPU_KVCACHE_SPACE": str(settings.get("kv_cache_space_gib", 4)),
+            "VLLM_CPU_OMP_THREADS_BIND": f"0-{max(0, (os.cpu_count() or 1) - 1)}",
+            "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": "3600"}
+
+
+def _prepare_env(env: dict[str, str]) -> None:
+    for key, value in env.items():
+        os.environ.setdefault(key, value)
 
 
 class _Runner:
@@ -42,38 +65,67 @@ class _Runner:
 
     def __init__(self, model_path: str, settings: dict[str, Any]):
         if settings.get("device", "cpu") == "cpu":
-            _prepare_cpu_env(settings)
+            _prepare_env(cpu_env(settings))
         import vllm
 
         self.vllm = vllm
-        self.llm = vllm.LLM(model=model_path, **_llm_kwargs(settings))
-        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+        self.llm = vllm.LLM(model=model_path, **llm_arguments(settings))
+        self.engine = self.llm.llm_engine
+        self.max_model_len = self.engine.model_config.max_model_len
         self.version = vllm.__version__
 
-    def generate(self, prompts: list[tuple[list[int], int]]) -> list[tuple[str, int, str]]:
+    def add(self, prompts: list[tuple[int, np.ndarray, int]]) -> None:
+        """Submit (position, prompt token ids, max new tokens); the request id is the position."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        params = [SamplingParams(temperature=0.0, max_tokens=m) for _, m in prompts]
-        results = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids, _ in prompts], params,
-                                    use_tqdm=False)
-        return [(r.outputs[0].text, len(r.outputs[0].token_ids), r.outputs[0].finish_reason or "") for r in results]
+        for position, ids, max_tokens in prompts:
+            self.engine.add_request(str(position), TokensPrompt(prompt_token_ids=ids.tolist()),
+                                    SamplingParams(temperature=0.0, max_tokens=max_tokens))
+
+    def busy(self) -> bool:
+        return self.engine.has_unfinished_requests()
+
+    def step(self) -> list[tuple[int, str, int, str]]:
+        """One engine step; the requests it finished as (position, text, output tokens, finish reason)."""
+        done = []
+        for out in self.engine.step():
+            if out.finished:
+                first = out.outputs[0]
+                # vLLM may append a suffix of its own to the id it was given (newer versions do).
+                position = int(str(out.request_id).split("-")[0])
+                done.append((position, first.text, len(first.token_ids), first.finish_reason or ""))
+        return done
 
     def close(self) -> None:
         try:
-            self.llm.llm_engine.engine_core.shutdown()
+            self.engine.engine_core.shutdown()
         except Exception:  # already gone, or an in-process core without shutdown
             pass
-        del self.llm
+        del self.llm, self.engine
 
 
-def _worker(conn, model_path: str, settings: dict[str, Any], log_path: str | None = None) -> None:
+def _worker(conn, log_path: str | None = None, env: dict[str, str] | None = None) -> None:
+    """A worker process: loads one model and serves it. A spare (`env` given) imports vLLM at once, with the
+    environment vLLM reads at import, so that part of a start is done before the engine is needed. It leads a process
+    group of its own, so closing it also stops the processes vLLM starts (an engine core left behind kept computing
+    at full CPU after its parent died)."""
+    os.setsid()
     if log_path:  # the worker's (and vLLM's own processes') output, so a crash can be explained by its last lines
         log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         os.dup2(log, 1)
         os.dup2(log, 2)
+    if env is not None:
+        _prepare_env(env)
+        try:
+            import vllm  # noqa: F401
+        except BaseException:
+            pass  # reported by the load below, with vLLM's own words
+    command, payload = conn.recv()
+    if command != "load":
+        return
     try:
-        runner = _Runner(model_path, settings)
+        runner = _Runner(*payload)
         conn.send(("ready", {"max_model_len": runner.max_model_len, "version": runner.version}))
     except BaseException:
         conn.send(("error", traceback.format_exc()))
@@ -84,53 +136,171 @@ def _worker(conn, model_path: str, settings: dict[str, Any], log_path: str | Non
             runner.close()
             conn.send(("closed", None))
             return
+        if command == "stream":
+            try:
+                _serve_stream(conn, runner)
+            except BaseException:
+                conn.send(("error", traceback.format_exc()))
+
+
+def _serve_stream(conn, runner: _Runner) -> None:
+    """Until "end" and every request answered: take new prompts as they come, step, send what finished. A reader
+    thread takes the parent's prompts, so neither side can block the other with a large message."""
+    inbox: queue.Queue = queue.Queue()
+
+    def read() -> None:
+        while True:
+            message = conn.recv()
+            inbox.put(message)
+            if message[0] == "end":
+                return
+
+    threading.Thread(target=read, daemon=True).start()
+    ended = False
+    while True:
+        while not inbox.empty() or not (runner.busy() or ended):
+            command, payload = inbox.get()
+            if command == "add":
+                runner.add(payload)
+            elif command == "end":
+                ended = True
+        if runner.busy():
+            done = runner.step()
+            if done:
+                conn.send(("done", done))
+        elif ended:
+            conn.send(("end", None))
+            return
+
+
+class _Process:
+    """A spawned worker process with its pipe and log file."""
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.env = env
+        self.conn, child = ctx.Pipe()
+        fd, self.log = tempfile.mkstemp(prefix="longquant-vllm-worker-", suffix=".log")
+        os.close(fd)
+        # Not a daemon: vLLM starts processes of its own.
+        self.proc = ctx.Process(target=_worker, args=(child, self.log, env), daemon=False)
+        self.proc.start()
+        child.close()
+        _LIVE.add(self)
+
+    def kill(self) -> None:
+        """The worker and every process vLLM started under it."""
         try:
-            conn.send(("ok", runner.generate(payload)))
-        except BaseException:
-            conn.send(("error", traceback.format_exc()))
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError, OSError):
+            pass
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join(10)
 
 
-class VLLMEngine:
+_spare: _Process | None = None
+_LIVE: "weakref.WeakSet[_Process]" = weakref.WeakSet()
+
+
+def _spare_env(settings: dict[str, Any]) -> dict[str, str]:
+    return cpu_env(settings) if settings.get("device") == "cpu" else {}
+
+
+def _take_worker(settings: dict[str, Any]) -> tuple[_Process, bool]:
+    """The spare worker if one is alive and was prepared for these settings (True: prewarmed), else a new one."""
+    global _spare
+    spare, _spare = _spare, None
+    if spare is not None and spare.proc.is_alive() and spare.env == _spare_env(settings):
+        return spare, True
+    if spare is not None:
+        spare.kill()
+    return _Process(), False
+
+
+def _keep_spare(settings: dict[str, Any]) -> None:
+    global _spare
+    if _spare is None or not _spare.proc.is_alive():
+        _spare = _Process(_spare_env(settings))
+
+
+@atexit.register
+def _stop_workers() -> None:
+    """At exit, no worker outlives us (multiprocessing would otherwise wait forever for a non-daemon one): the
+    spare is told to return, and any worker still alive is killed with its process group."""
+    global _spare
+    if _spare is not None:
+        try:
+            _spare.conn.send(("exit", None))  # anything but "load": the spare returns
+            _spare.proc.join(5)
+        except (OSError, EOFError):
+            pass
+        _spare = None
+    for worker in list(_LIVE):
+        worker.kill()
+
+
+def resolve_settings(device: str, settings: dict[str, Any], inflight: dict | None = None,
+                     kv_cache_space_gib: float = 4) -> dict[str, Any]:
+    """The engine's settings with its defaults filled in; `llm_arguments` of them is what `LLM(...)` receives."""
+    settings = {"dtype": "bfloat16" if device.startswith("cuda") else cpu_dtype(), "enable_prefix_caching": False,
+                "seed": 0, **settings, "device": device}
+    if device == "cpu":
+        settings["kv_cache_space_gib"] = kv_cache_space_gib
+        settings.setdefault("enforce_eager", True)  # CPU: compile takes minutes at each start
+    if inflight:
+        if inflight.get("method") != "vllm":
+            raise EngineError(f"vLLM cannot apply the in-flight recipe {inflight}")
+        settings["quantization"] = inflight["quantization"]
+    return settings
+
+
+class VLLMEngine(Engine):
     def __init__(self, model_path: str, device: str = "cpu", in_process: bool = False, start_timeout: float = 900,
-                 inflight: dict | None = None, kv_cache_space_gib: float = 4, **settings: Any):
+                 inflight: dict | None = None, kv_cache_space_gib: float = 4, prewarm: bool | None = None,
+                 max_tokens_in_flight: int = DEFAULT_TOKENS_IN_FLIGHT, **settings: Any):
         from ..setups import check_settings
 
         check_settings("vllm", {k: v for k, v in settings.items() if k != "trust_remote_code"},
                        f"vLLM engine for {model_path}")
-        settings = {"dtype": "bfloat16" if device.startswith("cuda") else cpu_dtype(), "enable_prefix_caching": False, "seed": 0, **settings, "device": device}
-        if device == "cpu":
-            settings["kv_cache_space_gib"] = kv_cache_space_gib
-            settings.setdefault("enforce_eager", True)  # CPU: compile takes minutes at each start
-        if inflight:
-            if inflight.get("method") != "vllm":
-                raise EngineError(f"vLLM cannot apply the in-flight recipe {inflight}")
-            settings["quantization"] = inflight["quantization"]
+        if max_tokens_in_flight < 1:
+            raise EngineError(f"max_tokens_in_flight must be at least 1, not {max_tokens_in_flight}")
+        settings = resolve_settings(device, settings, inflight, kv_cache_space_gib)
         self.model_path, self.settings, self.in_process = model_path, settings, in_process
+        self.max_tokens_in_flight = max_tokens_in_flight
+        self.prewarmed = False  # whether this engine started in a spare worker that had already imported vLLM
         self._runner: _Runner | None = None
-        self._proc = None
-        self._conn = None
-        self._log: str | None = None
+        self._worker: _Process | None = None
+        self._closed_worker: _Process | None = None
+        t0 = time.perf_counter()
         if in_process:
             self._runner = _Runner(model_path, settings)
             ready = {"max_model_len": self._runner.max_model_len, "version": self._runner.version}
         else:
-            ctx = multiprocessing.get_context("spawn")
-            self._conn, child = ctx.Pipe()
-            fd, self._log = tempfile.mkstemp(prefix="longquant-vllm-worker-", suffix=".log")
-            os.close(fd)
-            # Not a daemon: vLLM starts processes of its own.
-            self._proc = ctx.Process(target=_worker, args=(child, model_path, settings, self._log), daemon=False)
-            self._proc.start()
-            ready = self._receive("ready", start_timeout, "start")
+            self._worker, self.prewarmed = _take_worker(settings)
+            self._worker.conn.send(("load", (model_path, settings)))
+            try:
+                _, ready = self._receive("ready", start_timeout, "start")
+            except BaseException:
+                self.close()
+                raise
+            if device.startswith("cuda") if prewarm is None else prewarm:
+                _keep_spare(settings)  # imports vLLM while this engine generates: the next start skips that
+        self.start_seconds = time.perf_counter() - t0
         self.max_model_len = ready["max_model_len"]
         self.info = EngineInfo("vllm", ready["version"], {k: v for k, v in settings.items() if k != "device"}, device)
 
+    @property
+    def _proc(self):
+        return self._worker.proc if self._worker else None
+
     def _receive(self, expected: str, timeout: float, what: str) -> Any:
-        assert self._conn is not None and self._proc is not None
+        assert self._worker is not None
+        conn, proc = self._worker.conn, self._worker.proc
         deadline = time.monotonic() + timeout
-        while not self._conn.poll(1.0):
-            if not self._proc.is_alive():
-                code = self._proc.exitcode
+        while not conn.poll(1.0):
+            if not proc.is_alive():
+                code = proc.exitcode
                 # Only a SIGKILL (what the kernel's out-of-memory killer sends) or the log may suggest memory.
                 tail = self.log_tail()
                 hint = ("; killed by SIGKILL, as the out-of-memory killer does" if code == -9
@@ -138,56 +308,110 @@ class VLLMEngine:
                 raise EngineError(f"vLLM worker for {self.model_path} died during {what} (exit code {code}{hint}); "
                                   f"its last log lines:\n{tail}")
             if time.monotonic() > deadline:
-                self._proc.kill()
+                self._worker.kill()
                 raise EngineError(f"vLLM worker for {self.model_path}: {what} took over {timeout:.0f} s")
-        status, payload = self._conn.recv()
+        status, payload = conn.recv()
         if status == "error":
             self.close()
             # vLLM's own processes often report only "see root cause above": that cause is in the worker's log.
             raise EngineError(f"vLLM failed during {what} of {self.model_path}:\n{payload.strip().splitlines()[-1]}\n"
                               f"(full traceback:\n{payload})\nthe worker's last log lines:\n{self.log_tail()}")
-        return payload
+        if status != expected and not (expected == "done" and status == "end"):
+            raise EngineError(f"vLLM worker for {self.model_path}: expected {expected!r}, got {status!r}")
+        return status, payload
 
     def log_tail(self, lines: int = 15) -> str:
+        worker = self._worker or self._closed_worker
+        log = worker.log if worker else None
         try:
-            text = open(self._log, encoding="utf-8", errors="replace").read() if self._log else ""
+            text = open(log, encoding="utf-8", errors="replace").read() if log else ""
         except OSError:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
-
-    def __enter__(self) -> "VLLMEngine":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def close(self) -> None:
         if self._runner is not None:
             self._runner.close()
             self._runner = None
-        if self._proc is not None and self._proc.is_alive():
+        worker, self._worker = self._worker, None
+        if worker is not None and worker.proc.is_alive():
             try:
-                self._conn.send(("close", None))
-                if self._conn.poll(60):
-                    self._conn.recv()
+                worker.conn.send(("close", None))
+                if worker.conn.poll(60):
+                    worker.conn.recv()
             except (OSError, EOFError):
                 pass
-            self._proc.join(30)
-            if self._proc.is_alive():
-                self._proc.kill()
-                self._proc.join(10)
-        self._proc = None
+            worker.proc.join(30)
+            worker.kill()
+        self._closed_worker = worker  # its log stays readable for an error message
 
-    def generate(self, samples: Sequence[Sample], max_new_tokens: int | None = None) -> list[Output]:
-        prompts = [(list(s.prompt_token_ids), max_new_tokens or s.max_new_tokens) for s in samples]
-        t0 = time.perf_counter()
+    def stream(self, samples: Iterable[Sample]) -> Iterator[tuple[int, Output]]:
+        """Answers as they finish. Each output's `seconds` is its share of the wall time between two reports (the
+        shares add up to the stream's wall time: a per-sample cost, not a latency)."""
+        feed = _Feed(samples, self.max_tokens_in_flight)
+        last = time.perf_counter()
         if self._runner is not None:
-            results = self._runner.generate(prompts)
-        else:
-            if self._proc is None:
-                raise EngineError("the vLLM engine is closed")
-            self._conn.send(("generate", prompts))
-            results = self._receive("ok", 24 * 3600, "generation")
-        per_sample = (time.perf_counter() - t0) / max(len(samples), 1)
-        return [Output(s.id, text, s.n_tokens, n_out, per_sample, finish)
-                for s, (text, n_out, finish) in zip(samples, results)]
+            runner = self._runner
+            while True:
+                for batch in feed.take():
+                    runner.add(batch)
+                if not runner.busy():
+                    break
+                done = runner.step()
+                if done:
+                    now = time.perf_counter()
+                    yield from feed.answered(done, (now - last) / len(done))
+                    last = now
+            return
+        if self._worker is None:
+            raise EngineError("the vLLM engine is closed")
+        conn = self._worker.conn
+        conn.send(("stream", None))
+        while True:
+            for batch in feed.take():
+                conn.send(("add", batch))
+            if feed.exhausted and not feed.end_sent:
+                conn.send(("end", None))
+                feed.end_sent = True
+            status, done = self._receive("done", 24 * 3600, "generation")
+            if status == "end":
+                return
+            now = time.perf_counter()
+            yield from feed.answered(done, (now - last) / len(done))
+            last = now
+
+
+class _Feed:
+    """The lazily read plan: hands out prompts while fewer than `budget` prompt tokens are unanswered."""
+
+    def __init__(self, samples: Iterable[Sample], budget: int):
+        self._it = enumerate(samples)
+        self.budget = budget
+        self.in_flight: dict[int, Sample] = {}
+        self.tokens = 0
+        self.exhausted = False
+        self.end_sent = False
+
+    def take(self, chunk: int = 256) -> Iterator[list[tuple[int, np.ndarray, int]]]:
+        batch: list[tuple[int, np.ndarray, int]] = []
+        # Always at least one prompt in flight, however long (a single sample over the budget still runs).
+        while not self.exhausted and (self.tokens < self.budget or not self.in_flight):
+            nxt = next(self._it, None)
+            if nxt is None:
+                self.exhausted = True
+                break
+            position, sample = nxt
+            self.in_flight[position] = sample
+            self.tokens += sample.n_tokens
+            batch.append((position, np.asarray(sample.prompt_token_ids, dtype=np.uint32), sample.max_new_tokens))
+            if len(batch) >= chunk:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    def answered(self, done: list[tuple[int, str, int, str]], seconds: float) -> Iterator[tuple[int, Output]]:
+        for position, text, n_out, finish in done:
+            sample = self.in_flight.pop(position)
+            self.tokens -= sample.n_tokens
+            yield position, Output(sample.id, text, sample.n_tokens, n_out, seconds, finish)
