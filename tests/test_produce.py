@@ -28,7 +28,7 @@ def test_group_size_divides_every_linear_input(demo_path):
     assert group_size_for(demo_path) == 64  # hidden 576 = 9 x 64: the usual 128 does not divide it
 
 
-def test_fp8_dynamic_is_produced_once_cached_and_answers_in_vllm(quantizer, demo_path, tok, tmp_path, monkeypatch):
+def test_fp8_dynamic_is_produced_once_cached_and_answers(quantizer, demo_path, tok, tmp_path, monkeypatch):
     monkeypatch.setenv("LONGQUANT_CACHE", str(tmp_path))
     # Two producers at once (as two xdist workers would): one valid entry.
     code = ("import sys; from longquant_checks.checkpoints.produce import produce; "
@@ -42,12 +42,12 @@ def test_fp8_dynamic_is_produced_once_cached_and_answers_in_vllm(quantizer, demo
     config = read_config(path)
     assert config["quantization_config"]["quant_method"] == "compressed-tensors"
     assert infer_precision(config) == "8-bit"
-    pytest.importorskip("vllm")
-    from longquant_checks.engines import open_engine
-
+    # Answered through transformers (decompressed): vLLM's CPU build emulates FP8 matmuls, over 5 minutes for two
+    # 1K prompts on 2 cores (one run outlasted vLLM's 300 s step timeout). vLLM's compressed-tensors kernels are
+    # tested on CUDA (tests/gpu/test_cuda_engines.py).
     task = get_task("niah_single_1")
     samples = task.generate(Cell("niah_single_1", 1024, "en"), tok, 2, 0)
-    with open_engine("vllm", str(path), max_model_len=4096) as engine:
+    with open_engine("hf", str(path), batch_size=2) as engine:
         outputs = engine.generate(samples)
     assert sum(task.score(s, o.text) for s, o in zip(samples, outputs)) >= 1
 
