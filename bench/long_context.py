@@ -24,6 +24,7 @@ import tomllib
 from collections import defaultdict
 from pathlib import Path
 
+from longquant_checks.plugin import plugin_args
 from longquant_checks.config import load_config
 from longquant_checks.plan import plan_cells
 from longquant_checks.samples import SampleBook
@@ -113,7 +114,7 @@ def main() -> None:
               f"(mean over {len(seconds)} cells, max {max(seconds):.3f})", flush=True)
     del book
 
-    cmd = [sys.executable, "-m", "pytest", "-p", "longquant_checks.plugin", str(work), "-q", "-p", "no:cacheprovider",
+    cmd = [sys.executable, "-m", "pytest", *plugin_args(), str(work), "-q", "-p", "no:cacheprovider",
            f"--rootdir={work}", "--lq-update-baselines=missing"]
     t0 = time.perf_counter()
     with open(work / "gate.log", "w") as log:

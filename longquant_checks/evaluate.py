@@ -121,7 +121,7 @@ class CheckpointRunner:
         except EngineStartError as exc:
             results.update({c: exc for c in cells})
             return
-        runnable = []
+        runnable, sizes = [], {}
         for cell in cells:
             try:
                 samples = self.book.samples(cell)
@@ -134,6 +134,7 @@ class CheckpointRunner:
                                                f"max_model_len {engine.max_model_len}")
             else:
                 runnable.append(cell)
+                sizes[cell] = len(samples)
         pending = {cell: {} for cell in runnable}  # cell -> position in the cell -> output
         origin: list[tuple[Cell, int]] = []  # stream position -> (cell, position in the cell)
 
@@ -148,7 +149,7 @@ class CheckpointRunner:
             for position, output in engine.stream(plan()):
                 cell, index = origin[position]
                 pending[cell][index] = output
-                if len(pending[cell]) == len(self.book.samples(cell)):
+                if len(pending[cell]) == sizes[cell]:
                     results[cell] = self._finish(cell, keys[cell], pending.pop(cell), engine, t0)
                     locks.pop(cell).release()  # another process may take it from here
         except Exception as exc:  # the engine failed mid-stream: finished cells are saved, the rest fail with its cause

@@ -495,3 +495,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
             terminalreporter.write_line(f"longquant: pruned {len(cells)} unused baseline entries: {', '.join(cells)}")
     if _RUN in config.stash:
         terminalreporter.write_line(f"longquant: results in {config.stash[_RUN].results.root}")
+
+
+def plugin_args() -> list[str]:
+    """`-p longquant_checks.plugin` where the plugin is not installed as a pytest11 entry point (a source tree on
+    PYTHONPATH, as on a machine without pip access), else nothing: pytest refuses a plugin registered twice."""
+    from importlib.metadata import entry_points
+
+    installed = any(ep.value == "longquant_checks.plugin" for ep in entry_points(group="pytest11"))
+    return [] if installed else ["-p", "longquant_checks.plugin"]

@@ -11,6 +11,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+from longquant_checks.plugin import plugin_args
+
 REPO = Path(__file__).resolve().parents[2]
 TEST_FILE = "def test_long_context(lq_cell):\n    lq_cell.check()\n"
 
@@ -41,11 +43,15 @@ def _config(tmp: Path) -> Path:
 
 
 def _pytest(tmp: Path, *args: str) -> tuple[int, str]:
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "longquant_checks.plugin", str(tmp), "-q",
-                           "-p", "no:cacheprovider", f"--rootdir={tmp}", *args], capture_output=True, text=True,
-                          cwd=tmp, env={k: v for k, v in os.environ.items() if k != "CI"})
-    print(proc.stdout[-6000:], proc.stderr[-3000:])
-    return proc.returncode, proc.stdout
+    """The inner gate run; its output goes to a log next to its results as it comes (a cut run keeps it)."""
+    log = tmp / f"gate-{len(list(tmp.glob('gate-*.log')))}.log"
+    with open(log, "w") as fh:
+        code = subprocess.run([sys.executable, "-m", "pytest", *plugin_args(), str(tmp), "-q",
+                               "-p", "no:cacheprovider", f"--rootdir={tmp}", *args], stdout=fh, stderr=subprocess.STDOUT,
+                              cwd=tmp, env={k: v for k, v in os.environ.items() if k != "CI"}).returncode
+    out = log.read_text()
+    print(out[-6000:])
+    return code, out
 
 
 def _counts(out: str) -> dict[str, int]:
