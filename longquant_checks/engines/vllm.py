@@ -300,17 +300,15 @@ class VLLMEngine(Engine):
         deadline = time.monotonic() + timeout
         while not conn.poll(1.0):
             if not proc.is_alive():
-                code = proc.exitcode
-                # Only a SIGKILL (what the kernel's out-of-memory killer sends) or the log may suggest memory.
-                tail = self.log_tail()
-                hint = ("; killed by SIGKILL, as the out-of-memory killer does" if code == -9
-                        else "; the log reports out of memory" if "out of memory" in tail.lower() else "")
-                raise EngineError(f"vLLM worker for {self.model_path} died during {what} (exit code {code}{hint}); "
-                                  f"its last log lines:\n{tail}")
+                raise self._died(what)
             if time.monotonic() > deadline:
                 self._worker.kill()
                 raise EngineError(f"vLLM worker for {self.model_path}: {what} took over {timeout:.0f} s")
-        status, payload = conn.recv()
+        try:
+            status, payload = conn.recv()
+        except (OSError, EOFError):
+            proc.join(5)
+            raise self._died(what) from None
         if status == "error":
             self.close()
             # vLLM's own processes often report only "see root cause above": that cause is in the worker's log.
@@ -319,6 +317,23 @@ class VLLMEngine(Engine):
         if status != expected and not (expected == "done" and status == "end"):
             raise EngineError(f"vLLM worker for {self.model_path}: expected {expected!r}, got {status!r}")
         return status, payload
+
+    def _died(self, what: str) -> EngineError:
+        proc = self._worker.proc
+        code = proc.exitcode
+        # Only a SIGKILL (what the kernel's out-of-memory killer sends) or the log may suggest memory.
+        tail = self.log_tail()
+        hint = ("; killed by SIGKILL, as the out-of-memory killer does" if code == -9
+                else "; the log reports out of memory" if "out of memory" in tail.lower() else "")
+        return EngineError(f"vLLM worker for {self.model_path} died during {what} (exit code {code}{hint}); "
+                           f"its last log lines:\n{tail}")
+
+    def _send(self, message: tuple, what: str) -> None:
+        try:
+            self._worker.conn.send(message)
+        except (OSError, EOFError):  # the worker is gone: say how it died
+            self._worker.proc.join(5)
+            raise self._died(what) from None
 
     def log_tail(self, lines: int = 15) -> str:
         worker = self._worker or self._closed_worker
@@ -342,7 +357,8 @@ class VLLMEngine(Engine):
             except (OSError, EOFError):
                 pass
             worker.proc.join(30)
-            worker.kill()
+        if worker is not None:
+            worker.kill()  # the whole group: vLLM's own processes too, even when the worker itself died first
         self._closed_worker = worker  # its log stays readable for an error message
 
     def stream(self, samples: Iterable[Sample]) -> Iterator[tuple[int, Output]]:
@@ -365,13 +381,12 @@ class VLLMEngine(Engine):
             return
         if self._worker is None:
             raise EngineError("the vLLM engine is closed")
-        conn = self._worker.conn
-        conn.send(("stream", None))
+        self._send(("stream", None), "generation")
         while True:
             for batch in feed.take():
-                conn.send(("add", batch))
+                self._send(("add", batch), "generation")
             if feed.exhausted and not feed.end_sent:
-                conn.send(("end", None))
+                self._send(("end", None), "generation")
                 feed.end_sent = True
             status, done = self._receive("done", 24 * 3600, "generation")
             if status == "end":
