@@ -203,6 +203,7 @@ def _widest_checkpoint(config: pytest.Config) -> int | None:
     return max(widths)
 
 
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: unknown (and refused) where xdist is not installed
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     """`-n auto` on a GPU plan: GPUs // the widest checkpoint's GPUs (not the CPU count)."""
     widest = _widest_checkpoint(config)
