@@ -123,3 +123,13 @@ def test_ray_settings_reach_vllm_as_engine_arguments():
                                                    "distributed_executor_backend": "ray", "data_parallel_size": 1}))
     assert args["distributed_executor_backend"] == "ray" and args["tensor_parallel_size"] == 8
     assert args["pipeline_parallel_size"] == 2 and args["data_parallel_size"] == 1 and args["dtype"] == "bfloat16"
+
+
+def test_the_plugin_loads_without_xdist(pytester):
+    """README command 1 installs no pytest-xdist: the plugin's xdist hooks must be optional there."""
+    pytester.makefile(".toml", longquant='reference = "demo"\nengine = "hf"\ndevice = "cpu"\n'
+                      '[[candidates]]\nname = "nf4"\nrecipe = "bnb-nf4"\n')
+    pytester.makepyfile(test_gate="def test_long_context(lq_cell):\n    lq_cell.check()\n")
+    result = pytester.runpytest_subprocess("-p", "no:xdist", "--collect-only", "-q")
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    assert result.ret == pytest.ExitCode.OK
