@@ -164,6 +164,13 @@ def _gate_config(config: pytest.Config) -> Config | None:
         return None  # reported when the session starts
 
 
+def _checkpoint_settings(cfg: Config) -> list[tuple[str, str, dict]]:
+    """(name, engine, engine_args: shared + its own) for the reference and every candidate, from the config alone."""
+    g = cfg.gate
+    every = [("the reference", g.engine, {**g.engine_args, **g.reference.engine_args})]
+    return every + [(repr(c.name), c.engine or g.engine, {**g.engine_args, **c.engine_args}) for c in g.candidates]
+
+
 def _refuse_xdist_with_ray(config: pytest.Config) -> None:
     """Several hosts: one pytest process on the Ray head drives vLLM's Ray executor; xdist workers would each start
     their own engine across the same cluster."""
@@ -173,10 +180,7 @@ def _refuse_xdist_with_ray(config: pytest.Config) -> None:
     cfg = _gate_config(config)
     if cfg is None:
         return
-    g = cfg.gate
-    every = [("the reference", {**g.engine_args, **g.reference.engine_args})]
-    every += [(repr(c.name), {**g.engine_args, **c.engine_args}) for c in g.candidates]
-    ray = [name for name, args in every if args.get("distributed_executor_backend") == "ray"]
+    ray = [name for name, _, args in _checkpoint_settings(cfg) if args.get("distributed_executor_backend") == "ray"]
     if ray:
         raise pytest.UsageError(
             f"longquant: {', '.join(ray)} use distributed_executor_backend = \"ray\" (several hosts): run pytest once, "
@@ -194,8 +198,7 @@ def _widest_checkpoint(config: pytest.Config) -> int | None:
     if not (g.device.startswith("cuda") or (g.device == "auto" and _listed_gpus())):
         return None
     widths = []
-    for engine, args in [(g.engine, {**g.engine_args, **g.reference.engine_args}),
-                         *((c.engine or g.engine, {**g.engine_args, **c.engine_args}) for c in g.candidates)]:
+    for _, engine, args in _checkpoint_settings(cfg):
         try:
             widths.append(gpus_needed(args) if engine == "vllm" else 1)
         except LongquantError:

@@ -131,15 +131,20 @@ class GateRun:
         """The longest prompt + answer the plan may use: the shared max_model_len, capped by the positions the
         reference covers with the shared RoPE overrides (a longer max_model_len would only fail at engine start)."""
         args = {**self.config.gate.engine_args, **self.config.gate.reference.engine_args}
-        covered = context_length(self.reference.path, args.get("hf_overrides"))
+        covered = self._covered_positions()
         wanted = args.get("max_model_len") if isinstance(args.get("max_model_len"), int) else None
         return min(x for x in (covered, wanted) if x is not None) if (covered or wanted) else None
+
+    def _covered_positions(self) -> int | None:
+        """Positions the reference covers with the shared RoPE overrides (None: not a local checkpoint)."""
+        g = self.config.gate
+        return context_length(self.reference.path, {**g.engine_args, **g.reference.engine_args}.get("hf_overrides"))
 
     def _too_long_hint(self, limit: int | None) -> str:
         """The setting that would gate buckets past the model's own length (YaRN, shared by every checkpoint)."""
         g = self.config.gate
         longest = max(resolve_buckets(g.buckets))
-        covered = context_length(self.reference.path, {**g.engine_args, **g.reference.engine_args}.get("hf_overrides"))
+        covered = self._covered_positions()
         if limit is None or covered is None or covered > limit:
             return ""  # the user's own max_model_len is the limit: nothing to suggest
         overrides = yarn_overrides(self.reference.path, longest)

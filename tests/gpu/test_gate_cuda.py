@@ -23,7 +23,7 @@ def _config(tmp: Path) -> Path:
     carried = os.environ.get("LONGQUANT_GPU_GPTQ_W4A16")
     if carried:  # produced on CPU elsewhere (the GPU machine has no llmcompressor environment)
         candidates.append({"name": "gptq_w4a16", "source": carried})
-    lines = [f'reference = "demo"', f'engine = "{data["engine"]}"', 'device = "cuda"',
+    lines = ['reference = "demo"', f'engine = "{data["engine"]}"', 'device = "cuda"',
              f'tasks = {data["tasks"]!r}'.replace("'", '"'), f'buckets = {data["buckets"]!r}'.replace("'", '"'),
              f'languages = {data["languages"]!r}'.replace("'", '"'), f'samples = {data["samples"]}', "seed = 0",
              f'baseline_dir = "{tmp / "baselines"}"', f'results_dir = "{tmp / "results"}"']
