@@ -101,3 +101,23 @@ def test_fp8_kv_cache_candidate_runs_on_cpu(demo_path, samples):
     scores = [task.score(s, o.text) for s, o in zip(batch, out)]
     print(f"vLLM fp8 KV cache: mean score {sum(scores) / len(batch):.2f}")
     assert sum(scores) >= 2, [o.text for o in out]
+
+
+def test_vllm_engine_reports_only_finished_requests_like_llm_generate(demo_path, samples):
+    """LLM.generate asks vLLM for final outputs only (RequestOutputKind.FINAL_ONLY); with the default (CUMULATIVE)
+    every engine step builds an output object, with the text so far, for every running request: work bare vLLM does
+    not do, measured as part of the gate's generation overhead on the H200 (docs/gpu.md)."""
+    _, batch = samples
+    with open_engine("vllm", str(demo_path), max_model_len=4096, in_process=True) as engine:
+        core = engine._runner.engine
+        step, seen = core.step, []
+
+        def recording_step():
+            outputs = step()
+            seen.extend(outputs)
+            return outputs
+
+        core.step = recording_step
+        out = engine.generate(batch[:2])
+    assert all(o.n_output_tokens > 1 for o in out)  # several decode steps, so unfinished outputs could have appeared
+    assert seen and all(o.finished for o in seen), f"{sum(not o.finished for o in seen)} unfinished step outputs"

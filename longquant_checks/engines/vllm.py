@@ -78,10 +78,12 @@ class _Runner:
         """Submit (position, prompt token ids, max new tokens); the request id is the position."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
 
         for position, ids, max_tokens in prompts:
-            self.engine.add_request(str(position), TokensPrompt(prompt_token_ids=ids.tolist()),
-                                    SamplingParams(temperature=0.0, max_tokens=max_tokens))
+            # FINAL_ONLY, as LLM.generate does: otherwise each step builds an output (text so far) per running request.
+            params = SamplingParams(temperature=0.0, max_tokens=max_tokens, output_kind=RequestOutputKind.FINAL_ONLY)
+            self.engine.add_request(str(position), TokensPrompt(prompt_token_ids=ids.tolist()), params)
 
     def busy(self) -> bool:
         return self.engine.has_unfinished_requests()
