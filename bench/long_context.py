@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -80,6 +81,8 @@ def main() -> None:
     p.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH",
                    help="use a ready checkpoint for candidate NAME instead of its recipe (e.g. one produced elsewhere)")
     p.add_argument("--only", default=None, help="comma-separated candidates to keep (default: all)")
+    p.add_argument("--build-only", action="store_true",
+                   help="only step 1, on any machine: build the plan's samples, print seconds and peak RSS")
     args = p.parse_args()
     work = Path(args.out or tempfile.mkdtemp(prefix="longquant-long-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -112,7 +115,11 @@ def main() -> None:
     for bucket, seconds in sorted(per_bucket.items()):
         print(f"prompt building {bucket_label(bucket):>5}: {sum(seconds) / len(seconds):.3f} s per sample "
               f"(mean over {len(seconds)} cells, max {max(seconds):.3f})", flush=True)
+    print(f"prompt building: peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB "
+          f"({sum(len(v) for v in per_bucket.values())} cells x {g.samples} samples)", flush=True)
     del book
+    if args.build_only:
+        return
 
     cmd = [sys.executable, "-m", "pytest", *plugin_args(), str(work), "-q", "-p", "no:cacheprovider",
            f"--rootdir={work}", "--lq-update-baselines=missing"]
