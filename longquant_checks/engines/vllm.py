@@ -199,6 +199,31 @@ class _Process:
         if self.proc.is_alive():
             self.proc.kill()
         self.proc.join(10)
+        # SIGKILL is delivered at once, but a process holding a model exits only once its memory is released: wait
+        # (bounded) for the group to be gone, so the next engine does not start beside the dying one's memory.
+        deadline = time.monotonic() + 30
+        while _group_members(self.proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of process group `pgid`; [] where /proc cannot tell (not Linux)."""
+    found = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for entry in entries:
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(")") + 2:].split()  # state, ppid, pgrp, ...
+            if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+                found.append(int(entry))
+    return found
 
 
 _spare: _Process | None = None
