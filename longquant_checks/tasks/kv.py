@@ -31,7 +31,7 @@ def _line_tokens(tok: PromptTokenizer, language: Language) -> int:
 class KeyValueRecall(Task):
     name = "kv_recall"
     family = "kv"
-    version = "1"
+    version = "2"
     metric = "f1"
     description = "long output: list every hidden key -> value record (10-200 by bucket), F1 over pairs"
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import itertools
 import random
 from collections import deque
 from dataclasses import dataclass
@@ -68,7 +69,7 @@ def load_qa_file(path: str | Path) -> list[QARecord]:
 
 class QATask(Task):
     family = "qa"
-    version = "1"
+    version = "2"
     metric = "part"
     hops: int
 
@@ -179,23 +180,24 @@ class QATask(Task):
         if total > budget:
             raise FitError(f"the question and its gold documents take {total} tokens, more than the {budget} available")
         pending: deque[tuple[str, tuple[int, ...]]] = deque()
-        while total < budget:  # add whole distractors; cut the last one to the exact remaining room
+        while total < budget:  # add whole distractors; cut the last one at a word boundary
             if not pending:
                 texts = ["\n" + next(distractors).strip() for _ in range(64)]
                 pending.extend(zip(texts, tok.encode_many(texts, cache=False)))
             text, ids = pending.popleft()
             label_len = len(tok.encode_many([label(len(gold) + len(docs) + 1)])[0])
             space = budget - total - label_len
-            if space <= 0:
-                if docs:  # no room for another label: continue the last document instead
-                    more_ids, more_text = tok.clean_prefix(tok.encode(" " + text.strip()), budget - total)
+            if len(ids) > space:
+                # the closest word-boundary cut of this document or one of the next few; if not even a word fits
+                # after another label, the last document goes on instead (no label needed)
+                nexts = [text, *(t for t, _ in itertools.islice(pending, 15))]
+                cut_ids, cut_text, _ = tok.best_word_cut(nexts, space)
+                if cut_ids:
+                    docs.append((cut_text, cut_ids))
+                elif docs:
+                    more_ids, more_text, _ = tok.best_word_cut([" " + t.strip() for t in nexts], budget - total)
                     last_text, last_ids = docs[-1]
                     docs[-1] = (last_text + more_text, tuple(last_ids) + tuple(more_ids))
-                break
-            if len(ids) > space:
-                ids, text = tok.clean_prefix(ids, space)
-                if ids:
-                    docs.append((text, ids))
                 break
             docs.append((text, ids))
             total += label_len + len(ids)

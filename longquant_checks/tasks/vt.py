@@ -33,7 +33,7 @@ def _statements(names: list[str], value: str) -> list[str]:
 class VariableTracking(Task):
     name = "vt"
     family = "vt"
-    version = "1"
+    version = "2"
     metric = "all"
     description = "variable tracking: 1 chain of 4 hops in noise, all 5 variables holding the value must be named"
 

@@ -98,13 +98,46 @@ class PromptTokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
-    def clean_prefix(self, ids: Sequence[int], limit: int) -> tuple[tuple[int, ...], str]:
-        """Longest prefix of `ids` (at most `limit` tokens) whose text decodes without a broken character."""
-        for k in range(min(limit, len(ids)), 0, -1):
-            text = self.decode(ids[:k])
-            if "\ufffd" not in text:
-                return tuple(ids[:k]), text
-        return (), ""
+    def word_prefix(self, text: str, limit: int) -> tuple[tuple[int, ...], str]:
+        """The longest prefix of `text` that ends at a word boundary and takes at most `limit` tokens, with its
+        ids (the prefix tokenized on its own: exact). ((), "") if not even the first word fits."""
+        ids, cut, _ = self.best_word_cut([text], limit)
+        return ids, cut
+
+    def word_cuts(self, texts: Sequence[str], limit: int) -> list[dict[int, int]]:
+        """For each text, its word-boundary prefixes of at most `limit` tokens: {token count: cut position}. A word
+        boundary is the end of the text, a position before whitespace, or one between two characters of a script
+        written without spaces (Han, Kana). Counts come from one batched tokenization with offsets (a cut no token
+        straddles); `exact_prefix` confirms the one chosen."""
+        if limit <= 0 or not texts:
+            return [{} for _ in texts]
+        cuts: list[dict[int, int]] = []
+        for text, offsets in zip(texts, self.hf(list(texts), add_special_tokens=False,
+                                                return_offsets_mapping=True)["offset_mapping"]):
+            found: dict[int, int] = {}
+            for count in range(min(limit, len(offsets)), 0, -1):
+                cut = offsets[count - 1][1]
+                if count < len(offsets) and offsets[count][0] < cut:
+                    continue
+                if _is_word_boundary(text, cut):
+                    found[count] = cut
+            cuts.append(found)
+        return cuts
+
+    def best_word_cut(self, texts: Sequence[str], limit: int) -> tuple[tuple[int, ...], str, str]:
+        """Of the word-boundary prefixes of any of `texts`, the longest that takes at most `limit` tokens: (ids,
+        prefix, the text it was cut from); the ids are the prefix tokenized on its own (exact)."""
+        options = sorted(((count, -t, cut) for t, found in enumerate(self.word_cuts(texts, limit))
+                          for count, cut in found.items()), reverse=True)
+        for count, neg_t, cut in options[:8]:
+            if (ids := self.exact_prefix(texts[-neg_t], cut, limit)) is not None:
+                return ids, texts[-neg_t][:cut], texts[-neg_t]
+        return (), "", texts[0] if texts else ""
+
+    def exact_prefix(self, text: str, cut: int, limit: int) -> tuple[int, ...] | None:
+        """The ids of text[:cut] tokenized on its own, if they take at most `limit` tokens."""
+        ids = tuple(self.encode(text[:cut]))
+        return ids if len(ids) <= limit else None
 
     # -- identity ------------------------------------------------------------------------------
     def _fingerprint(self) -> str:
@@ -112,3 +145,16 @@ class PromptTokenizer:
         vocab = backend.to_str() if backend is not None else json.dumps(self.hf.get_vocab(), sort_keys=True)
         parts = [vocab, self.frame.prefix_text, self.frame.suffix_text, str(self.use_chat_template)]
         return hashlib.sha256("\x00".join(parts).encode("utf-8")).hexdigest()
+
+
+def _unspaced(ch: str) -> bool:
+    return "\u3040" <= ch <= "\u30ff" or "\u3400" <= ch <= "\u9fff" or "\uf900" <= ch <= "\ufaff"
+
+
+def _is_word_boundary(text: str, cut: int) -> bool:
+    if cut <= 0 or text[cut - 1].isspace():
+        return False
+    if cut >= len(text):
+        return True
+    before, after = text[cut - 1], text[cut]
+    return after.isspace() or (_unspaced(before) and (_unspaced(after) or not after.isalnum()))
