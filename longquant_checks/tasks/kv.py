@@ -67,7 +67,8 @@ class KeyValueRecall(Task):
         built = assemble(tok, head, tail, inserts, filler, budget)
         return make_sample(self, cell, seed, index, built.content, built.token_ids,
                            [f"{k}: {v}" for k, v in zip(keys, values)], self.max_new_tokens(cell, tok),
-                           pairs=n, positions=built.positions, context_tokens=built.context_tokens)
+                           pairs=n, positions=built.positions, context_tokens=built.context_tokens,
+                           filler_end=built.last_unit)
 
     def score(self, sample: Sample, text: str) -> float:
         return pair_f1(text, sample.answers)

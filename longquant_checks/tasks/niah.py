@@ -187,6 +187,7 @@ class NiahTask(Task):
             self, cell, seed, index, built.content, built.token_ids, answers, self.max_new_tokens(cell, tok),
             keys=asked, needles=[{"key": k, "value": v} for k, v in needles], positions=built.positions,
             depth=depths[0] if depths else None, haystack=spec.haystack, context_tokens=built.context_tokens,
+            filler_end=built.last_unit,
         )
 
     def score(self, sample: Sample, text: str) -> float:

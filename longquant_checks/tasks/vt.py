@@ -72,7 +72,8 @@ class VariableTracking(Task):
         built = assemble(tok, head, tail, inserts, filler, budget)
         return make_sample(self, cell, seed, index, built.content, built.token_ids, names,
                            self.max_new_tokens(cell, tok), value=value, positions=built.positions,
-                           context_tokens=built.context_tokens, worked_example=with_example)
+                           context_tokens=built.context_tokens, filler_end=built.last_unit,
+                           worked_example=with_example)
 
     def score(self, sample: Sample, text: str) -> float:
         return string_match_all(text, sample.answers)
