@@ -141,8 +141,12 @@ class RulerFitter:
             return best
 
 
-def _lazy_units(filler: Iterator[str] | None) -> Callable[[int], list[str]]:
+def _lazy_units(filler) -> Callable[[int], list[str]]:
     units: list[str] = []
+    if hasattr(filler, "order"):  # a PieceFiller (distractor needles): its texts in their drawn order
+        filler = iter([filler.texts[i] for i in filler.order])
+    elif hasattr(filler, "units"):  # a TextFiller
+        filler = filler.units
 
     def first(n: int) -> list[str]:
         if filler is not None:

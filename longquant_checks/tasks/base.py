@@ -267,12 +267,18 @@ def _load_builtin_tasks() -> None:
 
 
 def make_sample(task: Task, cell: Cell, seed: int, index: int, content: str, token_ids: list[int],
-                answers: list[str], max_new_tokens: int, **metadata: object) -> Sample:
+                answers: list[str], max_new_tokens: int, *, tok: PromptTokenizer | None = None,
+                answer_prefix: str = "", **metadata: object) -> Sample:
+    """A sample; `answer_prefix` is the one the prompt ids end with ("" for none). Its messages (for text-only
+    servers) carry the tokenizer style's system turn and the started assistant turn."""
     metadata = {"task_version": task.version, "language": cell.language, "seed": seed, "index": index, **metadata}
+    if answer_prefix:
+        metadata["answer_prefix"] = answer_prefix
+    messages = tok.messages(content, answer_prefix) if tok is not None else [{"role": "user", "content": content}]
     return Sample(
         id=task.sample_id(cell, seed, index),
         cell=cell,
-        messages=[{"role": "user", "content": content}],
+        messages=messages,
         answers=answers,
         prompt_token_ids=token_ids,
         max_new_tokens=max_new_tokens,

@@ -66,7 +66,7 @@ class KeyValueRecall(Task):
         filler = self.sources.haystack(language, "prose").units(rng)
         built = assemble(tok, head, tail, inserts, filler, budget)
         return make_sample(self, cell, seed, index, built.content, built.token_ids,
-                           [f"{k}: {v}" for k, v in zip(keys, values)], self.max_new_tokens(cell, tok),
+                           [f"{k}: {v}" for k, v in zip(keys, values)], self.max_new_tokens(cell, tok), tok=tok,
                            pairs=n, positions=built.positions, context_tokens=built.context_tokens,
                            filler_end=built.last_unit)
 

@@ -173,18 +173,22 @@ class NiahTask(Task):
             filler = self.sources.haystack(language, spec.haystack).units(rng)
         if spec.num_queries > 1:
             question = language.fill("niah", kind, "question_multi", keys=language.join_list(asked))
+            prefix = language.fill("niah", kind, "answer_prefix_multi", keys=language.join_list(asked))
         elif spec.num_values > 1:
             question = language.fill("niah", kind, "question_all", key=asked[0])
+            prefix = language.fill("niah", kind, "answer_prefix_all", key=asked[0])
         else:
             question = language.fill("niah", kind, "question", key=asked[0])
+            prefix = language.fill("niah", kind, "answer_prefix", key=asked[0])
         if spec.absent:
             question += " " + language.fill("niah", kind, "none_clause", key=asked[0], none=language.none_word)
         head = language.fill("niah", kind, "instruction") + "\n\n"
         tail = "\n\n" + question
-        built = assemble(tok, head, tail, inserts, filler, budget)
+        built = assemble(tok, head, tail, inserts, filler, budget, answer_prefix=prefix)
         answers = list(language.none) if spec.absent else [v for key in asked for v in values[key]]
         return make_sample(
             self, cell, seed, index, built.content, built.token_ids, answers, self.max_new_tokens(cell, tok),
+            tok=tok, answer_prefix=built.answer_prefix,
             keys=asked, needles=[{"key": k, "value": v} for k, v in needles], positions=built.positions,
             depth=depths[0] if depths else None, haystack=spec.haystack, context_tokens=built.context_tokens,
             filler_end=built.last_unit,

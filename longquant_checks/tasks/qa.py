@@ -12,9 +12,10 @@ records' documents serve as distractors, as RULER does.
 from __future__ import annotations
 
 import hashlib
-import json
 import itertools
+import json
 import random
+import re
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Iterator
 
 from ..errors import SourceError
 from ..schema import Cell, Sample
-from ..text.fitting import FitError, frame
+from ..text.fitting import FitError, fixed_cost, frame
 from ..text.languages import Language
 from ..text.tokens import PromptTokenizer
 from .base import Task, depth_for, make_sample, register_task, string_match_part
@@ -167,7 +168,9 @@ class QATask(Task):
         head = instruction + "\n\n" + language.fill("qa", "documents_intro")
         tail = "\n\n" + instruction + "\n\n" + language.fill("qa", "question", question=question)
         budget = cell.bucket - self.max_new_tokens(cell, tok)
-        fixed = len(tok.frame.prefix_ids) + len(tok.encode(head)) + len(tok.encode(tail)) + len(tok.frame.suffix_ids)
+        # RULER's answer prefix ("Answer:"), in the language's word: the label of its worked-example answers.
+        prefix = re.split(r"(?<=[:：])", language.template("vt", "answer"), maxsplit=1)[0].strip()
+        fixed = fixed_cost(tok, head, tail, prefix)
 
         def label(i: int) -> str:
             return "\n\n" + language.fill("qa", "document_label", index=i)
@@ -218,8 +221,9 @@ class QATask(Task):
             pieces_ids += [tok.encode_many([lab])[0], ids]
             if is_gold:
                 gold_positions.append(k)
-        content, token_ids = frame(tok, head, pieces_text, pieces_ids, tail)
+        content, token_ids = frame(tok, head, pieces_text, pieces_ids, tail, prefix)
         return make_sample(self, cell, seed, index, content, token_ids, answers, self.max_new_tokens(cell, tok),
+                           tok=tok, answer_prefix=tok.answer_prefix_ids(prefix)[0],
                            question=question, gold_documents=gold_positions, num_documents=len(order),
                            depth=gold_depths[0], source="file" if self.sources.qa_file else "synthetic")
 

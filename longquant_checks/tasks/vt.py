@@ -66,12 +66,16 @@ class VariableTracking(Task):
                    for k, (stmt, d) in enumerate(zip(_statements(names, value), spread_depths(rng, NUM_HOPS + 1)))]
         filler = self.sources.haystack(language, "noise").units(rng)
         budget = cell.bucket - self.max_new_tokens(cell, tok)
-        with_example = budget - fixed_cost(tok, head, tail) >= 0.4 * cell.bucket
+        # RULER's answer prefix: the worked example's answer up to its list of variables.
+        prefix = language.template("vt", "answer").split("{variables}")[0].format(count=len(names), value=value)
+        prefix = prefix.rstrip()
+        with_example = budget - fixed_cost(tok, head, tail, prefix) >= 0.4 * cell.bucket
         if not with_example:  # scripts that take many tokens per character, at 1K-2K: no room for it
             head = language.fill("vt", "instruction") + "\n\n"
-        built = assemble(tok, head, tail, inserts, filler, budget)
+        built = assemble(tok, head, tail, inserts, filler, budget, answer_prefix=prefix)
         return make_sample(self, cell, seed, index, built.content, built.token_ids, names,
-                           self.max_new_tokens(cell, tok), value=value, positions=built.positions,
+                           self.max_new_tokens(cell, tok), tok=tok, answer_prefix=built.answer_prefix,
+                           value=value, positions=built.positions,
                            context_tokens=built.context_tokens, filler_end=built.last_unit,
                            worked_example=with_example)
 

@@ -50,6 +50,7 @@ class Assembled:
     context_tokens: int
     positions: list[dict] = field(default_factory=list)  # per insert: tag, token start, actual depth
     last_unit: dict = field(default_factory=dict)  # the filler's end: "whole", or "cut" with the unit's full text
+    answer_prefix: str = ""  # what starts the assistant turn ("" for none)
 
 
 class Filler(Protocol):
@@ -198,11 +199,14 @@ def assemble(
     filler: Filler | Iterator[str] | None,
     budget: int,
     cache_filler: bool = True,
+    answer_prefix: str = "",
 ) -> Assembled:
     """Build a prompt of at most `budget` tokens, as close to it as whole words allow (fewer if `filler` is None
-    or runs out). A plain iterator of texts is a TextFiller."""
+    or runs out). A plain iterator of texts is a TextFiller. `answer_prefix` starts the assistant turn where the
+    tokenizer's style and chat template allow it (Assembled.answer_prefix says what was used)."""
+    prefix_text, prefix_ids = tok.answer_prefix_ids(answer_prefix)
     head_ids = list(tok.frame.prefix_ids) + tok.encode(head)
-    tail_ids = tok.encode(tail) + list(tok.frame.suffix_ids)
+    tail_ids = tok.encode(tail) + list(tok.frame.suffix_ids) + prefix_ids
     insert_ids = tok.encode_many([ins.text for ins in inserts], cache=False)
     fixed = len(head_ids) + len(tail_ids) + sum(len(ids) for ids in insert_ids)
     room = budget - fixed
@@ -246,20 +250,22 @@ def assemble(
         pos["actual_depth"] = round((pos["token_start"] - context_start) / max(context_tokens, 1), 4)
     ids_out.extend(tail_ids)
     text_parts.append(tail)
-    return Assembled("".join(text_parts), ids_out, context_tokens, positions, last_unit)
+    return Assembled("".join(text_parts), ids_out, context_tokens, positions, last_unit, prefix_text)
 
 
 def frame(tok: PromptTokenizer, head: str, body_texts: list[str], body_ids: list[tuple[int, ...]] | list[list[int]],
-          tail: str) -> tuple[str, list[int]]:
+          tail: str, answer_prefix: str = "") -> tuple[str, list[int]]:
     """Content text and prompt ids for a body whose pieces were fitted by the caller (word lists)."""
     ids = list(tok.frame.prefix_ids) + tok.encode(head)
     for piece in body_ids:
         ids.extend(piece)
     ids.extend(tok.encode(tail))
     ids.extend(tok.frame.suffix_ids)
+    ids.extend(tok.answer_prefix_ids(answer_prefix)[1])
     return head + "".join(body_texts) + tail, ids
 
 
-def fixed_cost(tok: PromptTokenizer, head: str, tail: str) -> int:
-    """Tokens taken by the chat frame, the head and the tail of a prompt."""
-    return len(tok.frame.prefix_ids) + len(tok.encode(head)) + len(tok.encode(tail)) + len(tok.frame.suffix_ids)
+def fixed_cost(tok: PromptTokenizer, head: str, tail: str, answer_prefix: str = "") -> int:
+    """Tokens taken by the chat frame, the head, the tail and the answer prefix of a prompt."""
+    return (len(tok.frame.prefix_ids) + len(tok.encode(head)) + len(tok.encode(tail)) + len(tok.frame.suffix_ids)
+            + len(tok.answer_prefix_ids(answer_prefix)[1]))
