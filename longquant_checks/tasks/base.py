@@ -272,6 +272,8 @@ def make_sample(task: Task, cell: Cell, seed: int, index: int, content: str, tok
     """A sample; `answer_prefix` is the one the prompt ids end with ("" for none). Its messages (for text-only
     servers) carry the tokenizer style's system turn and the started assistant turn."""
     metadata = {"task_version": task.version, "language": cell.language, "seed": seed, "index": index, **metadata}
+    if tok is not None:
+        metadata["prompt"] = tok.prompt_record()
     if answer_prefix:
         metadata["answer_prefix"] = answer_prefix
     messages = tok.messages(content, answer_prefix) if tok is not None else [{"role": "user", "content": content}]

@@ -166,6 +166,11 @@ class PromptTokenizer:
         suffix = rendered_user.split(_SENTINEL)[1]
         return rendered.endswith(_SENTINEL + suffix + _ANSWER_SENTINEL)
 
+    def prompt_record(self) -> dict[str, Any]:
+        """The prompt style as it took effect, for samples, results and baselines."""
+        return {"system_prompt": self.style.describe()["system_prompt"],
+                "answer_prefix": self.style.answer_prefix and self.frame.prefill}
+
     def messages(self, content: str, answer_prefix: str = "") -> list[dict[str, str]]:
         """The prompt as chat messages, for text-only servers: system turn (custom text only), user turn, and the
         started assistant turn when there is an answer prefix."""
