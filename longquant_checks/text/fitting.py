@@ -95,9 +95,12 @@ class TextFiller:
                         del texts[len(texts) - back:], ids_out[len(ids_out) - back:]
                         texts += [t for t, _ in whole]
                         ids_out += [i for _, i in whole]
-                if cut_ids:
-                    texts.append(cut_text)
-                    ids_out.append(cut_ids)
+                if not cut_ids:  # not even one word fits: the context ends with the last whole unit
+                    return texts, ids_out, {"end": "whole"}
+                texts.append(cut_text)
+                ids_out.append(cut_ids)
+                if cut_text == source:
+                    return texts, ids_out, {"end": "whole"}
                 return texts, ids_out, {"end": "cut", "unit": source, "kept_chars": len(cut_text)}
         return texts, ids_out, {"end": "whole"}
 
