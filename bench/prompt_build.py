@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import platform
 import random
 import resource
@@ -59,6 +60,7 @@ from longquant_checks.tasks.base import Task, depth_for, make_sample
 task_names()  # register the built-in tasks in their own (RULER) order before importing modules below
 from longquant_checks.tasks import cwe as cwe_mod  # noqa: E402
 from longquant_checks.tasks import fwe as fwe_mod  # noqa: E402
+from longquant_checks.tasks import niah as niah_mod  # noqa: E402
 from longquant_checks.text.fitting import Assembled, FitError, Insert, fixed_cost
 from longquant_checks.text.languages import Language
 
@@ -141,8 +143,13 @@ class RulerFitter:
             return best
 
 
-def _lazy_units(filler: Iterator[str] | None) -> Callable[[int], list[str]]:
+def _lazy_units(filler) -> Callable[[int], list[str]]:
     units: list[str] = []
+    if hasattr(filler, "order"):  # a PieceFiller (distractor needles): its texts in their drawn order
+        # (the search may ask for more than were drawn: RULER draws fresh needles, here the rest of the pool)
+        filler = itertools.chain([filler.texts[i] for i in filler.order], itertools.cycle(filler.texts))
+    elif hasattr(filler, "units"):  # a TextFiller
+        filler = filler.units
 
     def first(n: int) -> list[str]:
         if filler is not None:
@@ -154,7 +161,8 @@ def _lazy_units(filler: Iterator[str] | None) -> Callable[[int], list[str]]:
 
 
 def ruler_assemble(fitter: RulerFitter, tok: PromptTokenizer, head: str, tail: str, inserts: list[Insert],
-                   filler: Iterator[str] | None, budget: int, cache_filler: bool = True) -> Assembled:
+                   filler: Iterator[str] | None, budget: int, cache_filler: bool = True,
+                   answer_prefix: str = "") -> Assembled:
     """Drop-in for fitting.assemble: binary search over the number N of haystack units.
 
     text = head + units[:N] with each insert at the unit boundary round(depth * N) + tail."""
@@ -176,11 +184,12 @@ def ruler_assemble(fitter: RulerFitter, tok: PromptTokenizer, head: str, tail: s
         return "".join(parts)
 
     incremental = 25 if budget > 2048 else 5  # RULER: 25 noise/needle units, 5 under 4K
-    n, text, ids = fitter.fit(make, 0, budget, incremental if filler is not None else 0,
+    prefix_text, prefix_ids = tok.answer_prefix_ids(answer_prefix)  # RULER appends its answer prefix too
+    n, text, ids = fitter.fit(make, 0, budget - len(prefix_ids), incremental if filler is not None else 0,
                               cap=None if filler is not None else 0)
     positions = [{"tag": ins.tag, "token_start": None, "depth": ins.depth,
                   "actual_depth": round(round(ins.depth * n) / max(n, 1), 4)} for ins in inserts]
-    return Assembled(text, list(ids), -1, positions)
+    return Assembled(text, list(ids) + prefix_ids, -1, positions, answer_prefix=prefix_text)
 
 
 def ruler_cwe_build(task: Task, fitter: RulerFitter, cell: Cell, tok: PromptTokenizer, language: Language,
@@ -343,6 +352,7 @@ def fills(samples: list[Sample], bucket: int) -> list[float]:
 
 
 def fresh_tok(source) -> PromptTokenizer:
+    niah_mod._POOLS.clear()  # the distractor-needle pools are a per-process cache too: start cold
     return PromptTokenizer.from_pretrained(source)
 
 

@@ -37,6 +37,8 @@ class BaselinePolicy:
     limited: bool  # a --lq-limit run: compare the stored prefix, never write
     refresh_command: Callable[[str, Cell], str]  # (mode, cell) -> the command line that refreshes it
     changes: list[str] = field(default_factory=list)
+    # Cells whose reference ran in this session: every later candidate meets that same fresh entry.
+    refreshed: set[Cell] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         if self.update is not None and self.update not in UPDATE_MODES:
@@ -45,6 +47,8 @@ class BaselinePolicy:
     def wants_reference_run(self, cell: Cell, samples: Sequence[Sample], task: Task,
                             reference_fingerprint: str) -> bool:
         """Whether `choose` will run the reference for this cell (so a caller can run all such cells at once)."""
+        if cell in self.refreshed:
+            return False
         entry = self.store.get(cell)
         problems = self._problems(entry, samples, reference_fingerprint, task) if entry else []
         rescore = entry is not None and entry.scorer_version != task.scorer_version
@@ -64,6 +68,7 @@ class BaselinePolicy:
             result = run_reference(cell, self.update == "all")
             new = BaselineEntry.from_result(self.store.reference, result, self.setup)
             old = self.store.put(new)
+            self.refreshed.add(cell)
             change = describe_change(old, new)
             self.changes.append(change)
             return BaselineChoice(new, change=change)

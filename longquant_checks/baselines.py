@@ -51,6 +51,7 @@ class BaselineEntry:
     reference_fingerprint: str = ""
     scorer_version: str = ""
     longquant_version: str = ""
+    prompt: dict[str, Any] = field(default_factory=dict)  # the prompt style the reference answered
     schema: int = BASELINE_SCHEMA
 
     @property
@@ -92,7 +93,8 @@ class BaselineEntry:
                    task_version=result.task_version, seed=result.seed,
                    date=time.strftime("%Y-%m-%d", time.gmtime()),
                    reference_fingerprint=result.checkpoint_identity.get("fingerprint", ""),
-                   scorer_version=result.scorer_version, longquant_version=result.longquant_version)
+                   scorer_version=result.scorer_version, longquant_version=result.longquant_version,
+                   prompt=dict(result.prompt))
 
 
 def mismatches(entry: BaselineEntry, samples: Sequence[Sample], reference_fingerprint: str,
@@ -107,6 +109,10 @@ def mismatches(entry: BaselineEntry, samples: Sequence[Sample], reference_finger
     for name, stored, current in setup_differences(entry.setup, setup):
         problems.append(f"engine setup {name}: {stored!r} in the baseline, {current!r} in this run "
                         "(the reference's answers depend on it)")
+    now = samples[0].metadata.get("prompt") if samples else None
+    if entry.prompt and now and entry.prompt != now:
+        problems.append(f"the prompt style changed ({describe_prompt(entry.prompt)} in the baseline, "
+                        f"{describe_prompt(now)} now)")
     stored = [(s["id"], s["prompt_sha256"]) for s in entry.samples]
     current = [(s.id, s.prompt_sha256) for s in samples]
     if stored != current:
@@ -118,6 +124,12 @@ def mismatches(entry: BaselineEntry, samples: Sequence[Sample], reference_finger
             problems.append(f"{differ} of {len(current)} prompts differ from the baseline's (prompt_sha256): "
                             "the tokenizer, seed, language data or corpus changed")
     return problems
+
+
+def describe_prompt(prompt: dict[str, Any]) -> str:
+    system = prompt.get("system_prompt")
+    system = f"system prompt {system['text'][:40]!r}" if isinstance(system, dict) else f"system prompt {system}"
+    return f"{system}, answer prefix {'on' if prompt.get('answer_prefix') else 'off'}"
 
 
 def version_notes(entry: BaselineEntry, versions: dict[str, str], device: str,

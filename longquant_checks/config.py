@@ -103,6 +103,10 @@ class CalibrationConfig(_Strict):
     file: str | None = None  # your own calibration text (JSONL of {"text": ...} or .txt), relative to the config
 
 
+class SystemPromptText(_Strict):
+    text: str = Field(min_length=1)
+
+
 class GateConfig(_Strict):
     reference: ReferenceConfig
     candidates: list[CandidateConfig] = Field(default_factory=list)
@@ -123,6 +127,9 @@ class GateConfig(_Strict):
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     corpora: dict[str, str] = Field(default_factory=dict)  # language -> folder of .txt haystack
     qa_file: str | None = None
+    # The studies: one user turn, no system prompt; "model-default" keeps the chat template's own; {text = "..."}.
+    system_prompt: Literal["none", "model-default"] | SystemPromptText = "none"
+    answer_prefix: bool = True  # start the answer with its first words (RULER, lm-eval), where the template allows
     # Reasons for which a planned case that cannot run here is allowed (skipped) instead of failing the session.
     allow_not_gated: list[Literal[tuple(NOT_GATED_REASONS)]] = Field(default_factory=list)  # type: ignore[valid-type]
 
@@ -290,3 +297,13 @@ def find_config(start: Path) -> Path | None:
 
 __all__ = ["ENGINES", "MODES", "PRECISIONS", "CandidateConfig", "Config", "ConfigError", "GateConfig",
            "find_config", "load_config", "parse_config"]
+
+
+def prompt_style(gate: GateConfig):
+    """The config's prompt framing, for the tokenizer that builds every sample."""
+    from .text.tokens import MODEL_DEFAULT, PromptStyle
+
+    system = gate.system_prompt
+    text = None if system == "none" else MODEL_DEFAULT if system == "model-default" else system.text
+    return PromptStyle(system_prompt=text, answer_prefix=gate.answer_prefix)
+

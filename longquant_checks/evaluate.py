@@ -166,7 +166,8 @@ class CheckpointRunner:
         identity = dict(self.engine_identity())
         identity["engine_version"] = engine.info.version
         result = CellResult(self.label, cell, results, key, self.checkpoint.identity, identity, task.version,
-                            self.book.seed, scorer_version=task.scorer_version, longquant_version=longquant_version())
+                            self.book.seed, scorer_version=task.scorer_version, longquant_version=longquant_version(),
+                            prompt=samples[0].metadata.get("prompt", {}) if samples else {})
         self.store.save(result)
         self.progress(f"{self.label} {cell.id}: {result.mean_points:.1f} "
                       f"({len(samples)} samples, {time.perf_counter() - t0:.0f} s into the stream)")

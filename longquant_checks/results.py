@@ -56,6 +56,7 @@ class CellResult:
     scorer_version: str = ""
     longquant_version: str = ""
     rescored_from: str | None = None  # the scorer version the cached scores had, when re-scored on load
+    prompt: dict[str, Any] = field(default_factory=dict)  # the prompt style: system prompt, answer prefix
 
     @property
     def scores(self) -> list[float]:
@@ -105,7 +106,7 @@ class ResultStore:
                           header.get("created", ""), str(path), reused=True,
                           scorer_version=header.get("scorer_version", ""),
                           longquant_version=header.get("longquant_version", ""),
-                          rescored_from=header.get("rescored_from"))
+                          rescored_from=header.get("rescored_from"), prompt=header.get("prompt", {}))
 
     def lock(self, checkpoint: str, cell: Cell, key: str):
         """Held while a cell is computed: a second process (another xdist worker) waits, then reuses the result."""
@@ -123,7 +124,7 @@ class ResultStore:
                   "engine": result.engine, "task_version": result.task_version, "seed": result.seed,
                   "created": result.created, "n": len(result.samples), "mean": round(result.mean_points, 4),
                   "scorer_version": result.scorer_version, "longquant_version": result.longquant_version,
-                  "rescored_from": result.rescored_from}
+                  "rescored_from": result.rescored_from, "prompt": result.prompt}
         lines = [json.dumps(header, sort_keys=True, default=str)]
         lines += [json.dumps(asdict(s), ensure_ascii=False, sort_keys=True) for s in result.samples]
         write_text_atomic(path, "\n".join(lines) + "\n")

@@ -19,7 +19,7 @@ from .baselines import BaselineStore, version_notes
 from .checkpoints.info import context_length, yarn_overrides
 from .checkpoints.recipes import get_recipe
 from .checkpoints.resolve import ResolvedCheckpoint
-from .config import Config, ConfigError
+from .config import Config, ConfigError, prompt_style
 from .engines import gpus_needed, resolve_device, visible_gpus
 from .errors import LongquantError
 from .evaluate import CheckpointRunner, RunnerPool
@@ -180,7 +180,8 @@ class GateRun:
             g = self.config.gate
             sources = TextSources({k: str(self.config.resolve(v)) for k, v in g.corpora.items()},
                                   str(self.config.resolve(g.qa_file)) if g.qa_file else None)
-            tok = PromptTokenizer.from_pretrained(self.reference.path, trust_remote_code=g.reference.trust_remote_code)
+            tok = PromptTokenizer.from_pretrained(self.reference.path, trust_remote_code=g.reference.trust_remote_code,
+                                                  style=prompt_style(g))
             self._book = SampleBook(tok, self.n, self.seed, sources)
         return self._book
 

@@ -91,4 +91,5 @@ class Sample:
 
     @property
     def prompt_text(self) -> str:
-        return self.messages[-1]["content"]
+        """The user turn's text (messages may also hold a system turn and a started assistant turn)."""
+        return next(m["content"] for m in reversed(self.messages) if m["role"] == "user")

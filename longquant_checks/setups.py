@@ -29,7 +29,7 @@ ENGINE_SETTINGS: dict[str, tuple[str, ...]] = {
              "enable_prefix_caching", "enforce_eager", "seed", "in_process", "start_timeout", "kv_cache_space_gib",
              "data_parallel_size", "prewarm", "max_tokens_in_flight"),
     "openai": ("base_url", "served_model", "api_key_env", "concurrency", "timeout", "max_retries", "max_model_len",
-               "managed", "serve_args", "pin"),
+               "managed", "serve_args", "pin", "prompt_format"),
 }
 
 # The fields of a baseline's setup: whatever changes the reference's own answers.

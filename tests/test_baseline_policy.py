@@ -108,3 +108,16 @@ def test_limited_run_never_writes(tmp_path):
                              lambda mode, cell: "")
     with pytest.raises(Exception, match="not updated from a --lq-limit run"):
         limited.choose(CELL, samples(), TASK, "f" * 64, Reference([]))
+
+
+def test_update_all_reruns_the_reference_once_per_cell_per_session(tmp_path):
+    """Every candidate asks for the same cell's baseline: the first ask re-runs the reference, the others meet that
+    fresh entry (they used to re-run it each: three candidates, three reference runs, possibly three baselines)."""
+    p = policy(tmp_path, HF, "all")
+    reference = Reference(["нет"] * 4)
+    first = p.choose(CELL, samples(), TASK, "f" * 64, reference)
+    assert not p.wants_reference_run(CELL, samples(), TASK, "f" * 64)
+    second = p.choose(CELL, samples(), TASK, "f" * 64, reference)
+    assert reference.calls == [True]
+    assert second.entry == first.entry and second.change is None
+    assert len(p.changes) == 1

@@ -42,9 +42,11 @@ def check_common(tok, sample, bucket):
     assert sample.prompt_sha256 == hash_token_ids(sample.prompt_token_ids)
     ids = sample.prompt_token_ids
     assert tuple(ids[: len(tok.frame.prefix_ids)]) == tok.frame.prefix_ids
-    assert tuple(ids[len(ids) - len(tok.frame.suffix_ids):]) == tok.frame.suffix_ids
+    prefix = sample.metadata.get("answer_prefix", "")
+    end = tok.frame.suffix_ids + tuple(tok.encode(prefix))  # the assistant turn starts with the answer prefix
+    assert tuple(ids[len(ids) - len(end):]) == end
     # The text form, rendered and re-tokenized as a text-only server would, stays within a few tokens.
-    retokenized = len(tok.encode(tok.render(sample.prompt_text)))
+    retokenized = len(tok.encode(tok.render(sample.prompt_text) + prefix))
     assert abs(retokenized - sample.n_tokens) <= max(4, 0.003 * sample.n_tokens), (retokenized, sample.n_tokens)
 
 

@@ -1,8 +1,13 @@
-"""Any OpenAI-compatible server (chat completions), or a managed `vllm serve` on a loopback port.
+"""Any OpenAI-compatible server, or a managed `vllm serve` on a loopback port.
 
-So a team can gate the exact server it deploys. The server applies its own chat template to the
-text form of each prompt (one user turn); re-tokenized, that text is within a few tokens of the
-token-id prompt the offline engines get (tested in tests/test_prompts.py).
+So a team can gate the exact server it deploys. Two prompt formats (setting `prompt_format`):
+- "token_ids" (default for a managed server): the prompt's exact token ids through the completions endpoint, so
+  the server sees byte for byte what the offline engines get: our chat frame, system prompt setting and answer
+  prefix included.
+- "messages" (default for a remote server): chat completions with the text form (system turn if custom, the user
+  turn, the started assistant turn for an answer prefix, continued with vLLM's `continue_final_message`). The
+  server's own chat template frames it: within a few tokens of the id prompt, except that a template that inserts
+  its own system prompt (SmolLM2's) does so there whatever `system_prompt` says.
 The API key is read from an environment variable; only the variable's name is ever recorded.
 """
 
@@ -84,8 +89,17 @@ class OpenAIEngine(Engine):
                  api_key_env: str = "OPENAI_API_KEY", concurrency: int = 8, timeout: float = 600,
                  max_retries: int = 5, max_model_len: int | None = None, device: str = "remote",
                  managed: bool = False, serve_args: list[str] | None = None, inflight: dict | None = None,
-                 pin: str | None = None, trust_remote_code: bool = False):
+                 pin: str | None = None, trust_remote_code: bool = False, prompt_format: str | None = None):
         from openai import OpenAI
+
+        # "token_ids": our exact prompt ids through the completions endpoint (vLLM and most inference servers take
+        # them), so the server frames nothing; "messages": chat completions, where the server's own chat template
+        # frames the text form (and may add a system prompt of its own). A managed server is vLLM: token ids.
+        prompt_format = prompt_format or ("token_ids" if managed else "messages")
+        if prompt_format not in ("token_ids", "messages"):
+            raise EngineError(f"prompt_format = {prompt_format!r}; accepted: 'token_ids' (exact prompt ids, completions "
+                              "endpoint) or 'messages' (chat completions, the server's chat template)")
+        self.prompt_format = prompt_format
 
         self.server: ManagedServer | None = None
         if managed:
@@ -115,7 +129,7 @@ class OpenAIEngine(Engine):
         self.max_model_len = max_model_len or 0
         self.info = EngineInfo("openai", _client_version(), {
             "base_url": base_url, "model": self.model, "api_key_env": api_key_env, "concurrency": concurrency,
-            "timeout": timeout, "max_retries": max_retries, "managed": managed,
+            "timeout": timeout, "max_retries": max_retries, "managed": managed, "prompt_format": prompt_format,
             **({"serve_command": self.server.command[1:]} if self.server else {}),
         }, device)
 
@@ -129,16 +143,24 @@ class OpenAIEngine(Engine):
 
         t0 = time.perf_counter()
         try:
-            response = self.client.chat.completions.create(
-                model=self.model, messages=sample.messages, temperature=0.0,
-                max_tokens=sample.max_new_tokens,
-            )
+            if self.prompt_format == "token_ids":
+                response = self.client.completions.create(
+                    model=self.model, prompt=list(sample.prompt_token_ids), temperature=0.0,
+                    max_tokens=sample.max_new_tokens)
+            else:
+                # A started assistant turn (the answer prefix) is continued, not closed: vLLM's chat API options.
+                prefilled = sample.messages[-1]["role"] == "assistant"
+                response = self.client.chat.completions.create(
+                    model=self.model, messages=sample.messages, temperature=0.0, max_tokens=sample.max_new_tokens,
+                    **({"extra_body": {"continue_final_message": True, "add_generation_prompt": False}}
+                       if prefilled else {}))
         except OpenAIError as exc:
             raise EngineError(f"{self.info.settings['base_url']}: request for {sample.id} failed: "
                               f"{type(exc).__name__}: {exc}") from exc
         choice = response.choices[0]
+        text = choice.text if self.prompt_format == "token_ids" else choice.message.content
         usage = response.usage
-        return Output(sample.id, choice.message.content or "", usage.prompt_tokens if usage else sample.n_tokens,
+        return Output(sample.id, text or "", usage.prompt_tokens if usage else sample.n_tokens,
                       usage.completion_tokens if usage else 0, time.perf_counter() - t0, choice.finish_reason or "")
 
     def stream(self, samples: Iterable[Sample]) -> Iterator[tuple[int, Output]]:

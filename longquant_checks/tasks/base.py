@@ -66,9 +66,38 @@ def spread_depths(rng: random.Random, count: int) -> list[float]:
     return sorted(d / (DEPTH_GRID - 1) for d in rng.sample(range(DEPTH_GRID), count))
 
 
+def key_space(language: Language) -> int:
+    """How many distinct word keys the language has: two different adjectives and a noun, in that order.
+    RULER's keys are adjective-noun pairs from 6.17M English pairs; ours are native words in 26 languages, and
+    pairs alone would give ~7,000 keys, so a 128K haystack of ~6,000 distractor needles repeated keys. Three
+    words give 300K-1M per language."""
+    adjectives, nouns = len(language.pool("words", "adjectives")), len(language.pool("words", "nouns"))
+    return adjectives * (adjectives - 1) * nouns
+
+
+def key_at(language: Language, index: int) -> str:
+    """Word key number `index` of the language's key space (adjective-adjective-noun)."""
+    adjectives, nouns = language.pool("words", "adjectives"), language.pool("words", "nouns")
+    index, first = divmod(index, len(adjectives))
+    noun, second = divmod(index, len(adjectives) - 1)
+    second += second >= first  # the second adjective differs from the first
+    return f"{adjectives[first]}-{adjectives[second]}-{nouns[noun]}"
+
+
 def word_key(rng: random.Random, language: Language) -> str:
-    """RULER-style key: adjective-noun from the language's pools."""
-    return f"{rng.choice(language.pool('words', 'adjectives'))}-{rng.choice(language.pool('words', 'nouns'))}"
+    """A random word key of the language."""
+    return key_at(language, rng.randrange(key_space(language)))
+
+
+def distinct_word_keys(rng: random.Random, language: Language, count: int) -> list[str]:
+    """`count` different word keys, drawn one at a time (so any prefix of a longer draw is the shorter draw)."""
+    space = key_space(language)
+    if count > space:
+        raise ValueError(f"{language.code} has {space} word keys, {count} asked")
+    seen: dict[int, None] = {}
+    while len(seen) < count:
+        seen.setdefault(rng.randrange(space))
+    return [key_at(language, i) for i in seen]
 
 
 def number_value(rng: random.Random) -> str:
@@ -177,9 +206,8 @@ class Task(ABC):
     def sources_fingerprint(self, language: str) -> str:
         """Identity of the text this task reads for `language` (part of the sample cache key)."""
         lang = load_language(language)
-        if language in self.sources.corpora:
-            return hashlib.sha256((lang.fingerprint + self.sources.haystack(lang, "prose").fingerprint).encode()).hexdigest()
-        return lang.fingerprint
+        prose = self.sources.haystack(lang, "prose").fingerprint  # a user's corpus, or the shipped prose
+        return hashlib.sha256((lang.fingerprint + prose).encode()).hexdigest()
 
     def check_cell(self, cell: Cell) -> Language:
         if cell.task != self.name:
@@ -238,12 +266,20 @@ def _load_builtin_tasks() -> None:
 
 
 def make_sample(task: Task, cell: Cell, seed: int, index: int, content: str, token_ids: list[int],
-                answers: list[str], max_new_tokens: int, **metadata: object) -> Sample:
+                answers: list[str], max_new_tokens: int, *, tok: PromptTokenizer | None = None,
+                answer_prefix: str = "", **metadata: object) -> Sample:
+    """A sample; `answer_prefix` is the one the prompt ids end with ("" for none). Its messages (for text-only
+    servers) carry the tokenizer style's system turn and the started assistant turn."""
     metadata = {"task_version": task.version, "language": cell.language, "seed": seed, "index": index, **metadata}
+    if tok is not None:
+        metadata["prompt"] = tok.prompt_record()
+    if answer_prefix:
+        metadata["answer_prefix"] = answer_prefix
+    messages = tok.messages(content, answer_prefix) if tok is not None else [{"role": "user", "content": content}]
     return Sample(
         id=task.sample_id(cell, seed, index),
         cell=cell,
-        messages=[{"role": "user", "content": content}],
+        messages=messages,
         answers=answers,
         prompt_token_ids=token_ids,
         max_new_tokens=max_new_tokens,

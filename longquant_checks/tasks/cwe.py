@@ -42,7 +42,7 @@ def _numbered(words: list[str]) -> tuple[list[str], list[str]]:
 class CommonWordsExtraction(Task):
     name = "cwe"
     family = "cwe"
-    version = "2"  # 2: extra occurrences stay below the common frequency when it is scaled down to 2
+    version = "3"  # 2: extra occurrences below the common frequency when it is scaled down to 2; 3: answer prefix
     metric = "all"
     description = "common words extraction: the 10 words repeated most often in a numbered word list"
 
@@ -66,11 +66,13 @@ class CommonWordsExtraction(Task):
         )
         head = example + "\n\n" + language.fill("cwe", "instruction")
         tail = "\n\n" + language.fill("cwe", "question", count=NUM_COMMON)
-        room = cell.bucket - self.max_new_tokens(cell, tok) - fixed_cost(tok, head, tail)
+        # RULER's answer prefix: the worked example's answer up to its words.
+        prefix = language.template("cwe", "answer").split("{words}")[0].format(count=NUM_COMMON).rstrip()
+        room = cell.bucket - self.max_new_tokens(cell, tok) - fixed_cost(tok, head, tail, prefix)
         with_example = room >= 0.4 * cell.bucket
         if not with_example:  # scripts that take many tokens per word, at 1K-2K: no room for the example
             head = language.fill("cwe", "instruction")
-            room = cell.bucket - self.max_new_tokens(cell, tok) - fixed_cost(tok, head, tail)
+            room = cell.bucket - self.max_new_tokens(cell, tok) - fixed_cost(tok, head, tail, prefix)
 
         word_len = dict(zip(common + uncommon, map(len, tok.encode_many([f" {w}" for w in common + uncommon]))))
         avg_word = sum(word_len.values()) / len(word_len)
@@ -134,8 +136,9 @@ class CommonWordsExtraction(Task):
         rng.shuffle(chosen)
         nums, words = _numbered(chosen)
         pieces = [p for pair in zip(nums, words) for p in pair]
-        content, ids = frame(tok, head, pieces, tok.encode_many(pieces), tail)
+        content, ids = frame(tok, head, pieces, tok.encode_many(pieces), tail, prefix)
         return make_sample(self, cell, seed, index, content, ids, list(common), self.max_new_tokens(cell, tok),
+                           tok=tok, answer_prefix=tok.answer_prefix_ids(prefix)[0],
                            freq_common=freq_c, freq_uncommon=freq_u, list_length=len(chosen),
                            worked_example=with_example)
 

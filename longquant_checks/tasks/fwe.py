@@ -76,7 +76,7 @@ class FrequentWordsExtraction(Task):
         body_ids = [word_ids[w] for w in words]
         content, ids = frame(tok, head, pieces, body_ids, tail)
         answers = vocab[1:4]
-        return make_sample(self, cell, seed, index, content, ids, answers, self.max_new_tokens(cell, tok),
+        return make_sample(self, cell, seed, index, content, ids, answers, self.max_new_tokens(cell, tok), tok=tok,
                            counts_top=[int(c) for c in counts[:5]], num_words=len(words))
 
     def score(self, sample: Sample, text: str) -> float:

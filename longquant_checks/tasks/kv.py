@@ -31,7 +31,7 @@ def _line_tokens(tok: PromptTokenizer, language: Language) -> int:
 class KeyValueRecall(Task):
     name = "kv_recall"
     family = "kv"
-    version = "1"
+    version = "2"
     metric = "f1"
     description = "long output: list every hidden key -> value record (10-200 by bucket), F1 over pairs"
 
@@ -66,8 +66,9 @@ class KeyValueRecall(Task):
         filler = self.sources.haystack(language, "prose").units(rng)
         built = assemble(tok, head, tail, inserts, filler, budget)
         return make_sample(self, cell, seed, index, built.content, built.token_ids,
-                           [f"{k}: {v}" for k, v in zip(keys, values)], self.max_new_tokens(cell, tok),
-                           pairs=n, positions=built.positions, context_tokens=built.context_tokens)
+                           [f"{k}: {v}" for k, v in zip(keys, values)], self.max_new_tokens(cell, tok), tok=tok,
+                           pairs=n, positions=built.positions, context_tokens=built.context_tokens,
+                           filler_end=built.last_unit)
 
     def score(self, sample: Sample, text: str) -> float:
         return pair_f1(text, sample.answers)

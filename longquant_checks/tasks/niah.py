@@ -3,17 +3,74 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
-from typing import Iterator
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
 
 from ..schema import Cell, Sample
-from ..text.fitting import Insert, assemble
+from ..text.fitting import Insert, PieceFiller, TextFiller, assemble
 from ..text.languages import Language
 from ..text.tokens import PromptTokenizer
 from .base import (
-    Task, depth_for, make_sample, none_match, number_value, register_task, spread_depths,
-    string_match_all, uuid_value, word_key,
+    Task, depth_for, distinct_word_keys, make_sample, none_match, number_value, register_task, sample_rng,
+    spread_depths, string_match_all, uuid_value, word_key,
 )
+
+_MIN_POOL = 2048  # distractor needles in the smallest pool
+_POOLS_KEPT = 16  # (tokenizer, language, task) pools kept in memory
+
+
+@dataclass
+class DistractorPool:
+    """Distractor needles of one task for one language and tokenizer, each tokenized once, with distinct keys and
+    distinct values. Drawn one at a time from their own random streams, so a pool of 4096 starts with the pool of
+    2048: a sample's draws depend only on its cell, never on which cells were built before in this process."""
+
+    text_of: object  # (key, value) -> the needle's text
+    key_rng: random.Random
+    value_rng: random.Random
+    draw_key: object  # rng -> key
+    draw_value: object  # rng -> value
+    keys: list[str] = field(default_factory=list)
+    values: list[str] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    ids: list[tuple[int, ...]] = field(default_factory=list)
+    key_index: dict[str, int] = field(default_factory=dict)
+    value_index: dict[str, int] = field(default_factory=dict)
+    _shortest: dict[int, int] = field(default_factory=dict)
+
+    def grow(self, tok: PromptTokenizer, size: int) -> None:
+        new_keys, new_values = [], []
+        while len(self.keys) + len(new_keys) < size:
+            key = self.draw_key(self.key_rng)
+            if key not in self.key_index:
+                self.key_index[key] = len(self.keys) + len(new_keys)
+                new_keys.append(key)
+        while len(self.values) + len(new_values) < size:
+            value = self.draw_value(self.value_rng)
+            if value not in self.value_index:
+                self.value_index[value] = len(self.values) + len(new_values)
+                new_values.append(value)
+        texts = [self.text_of(k, v) for k, v in zip(new_keys, new_values)]
+        self.keys += new_keys
+        self.values += new_values
+        self.texts += texts
+        self.ids += tok.encode_many(texts, cache=False)
+
+    def shortest(self, size: int) -> int:
+        if size not in self._shortest:
+            self._shortest[size] = min(len(ids) for ids in self.ids[:size])
+        return self._shortest[size]
+
+    def size_for(self, tok: PromptTokenizer, budget: int) -> int:
+        """The pool size a prompt of `budget` tokens draws from: a power of two, at least 1.5x what it uses."""
+        self.grow(tok, _MIN_POOL)
+        mean = sum(len(ids) for ids in self.ids[:256]) / 256
+        size = _MIN_POOL
+        while size < 1.5 * budget / mean:
+            size *= 2
+        self.grow(tok, size)
+        return size
 
 
 @dataclass(frozen=True)
@@ -27,15 +84,24 @@ class NiahSpec:
     absent: bool = False  # niah_none: the asked key is not in the text; the answer is "none"
 
 
+_POOLS: OrderedDict[tuple, DistractorPool] = OrderedDict()
+
+
 class NiahTask(Task):
     family = "niah"
-    version = "1"
+    version = "2"
     spec: NiahSpec
 
     def max_new_tokens(self, cell: Cell, tok: PromptTokenizer) -> int:
-        # RULER: 128. Measured with SmolLM2 (docs/tasks.md): one number ~24 tokens, one UUID ~54, and
-        # four keys restated with four 7-digit numbers ~121, so the multi-answer families get 192.
-        return 192 if self.spec.num_values > 1 or self.spec.num_queries > 1 else 128
+        # RULER: 128. Measured with SmolLM2 (docs/tasks.md), without an answer prefix: one number ~24 tokens, one
+        # UUID ~54, four keys restated with four 7-digit numbers ~121, so the multi-answer families get 192. After
+        # the answer prefix the answer comes first: one number 9 tokens, one UUID 37 (bench/answer_lengths.py), so
+        # the single-answer families get 64 there; what follows the answer (a model running on into the
+        # haystack, as the demo model does in Spanish) no longer costs 128 steps.
+        multi = self.spec.num_values > 1 or self.spec.num_queries > 1
+        if tok.style.answer_prefix and tok.frame.prefill:
+            return 128 if multi else 64
+        return 192 if multi else 128
 
     def _key(self, rng: random.Random, language: Language) -> str:
         return uuid_value(rng) if self.spec.key_kind == "uuid" else word_key(rng, language)
@@ -44,21 +110,41 @@ class NiahTask(Task):
         return uuid_value(rng) if self.spec.value_kind == "uuid" else number_value(rng)
 
     def _distinct_keys(self, rng: random.Random, language: Language, count: int) -> list[str]:
+        if self.spec.key_kind == "word":
+            return distinct_word_keys(rng, language, count)
         keys: list[str] = []
         while len(keys) < count:
-            key = self._key(rng, language)
+            key = uuid_value(rng)
             if key not in keys:
                 keys.append(key)
         return keys
 
-    def _distractor_needles(self, rng: random.Random, language: Language, taken_keys: set[str],
-                            taken_values: set[str]) -> Iterator[str]:
-        while True:
-            key = self._key(rng, language)
-            value = self._value(rng)
-            if key in taken_keys or value in taken_values:
-                continue
-            yield language.sentence_join + language.fill("niah", self.spec.value_kind, "needle", key=key, value=value)
+    def _pool(self, tok: PromptTokenizer, language: Language) -> DistractorPool:
+        ident = (tok.fingerprint, language.fingerprint, self.name, self.version)
+        if ident not in _POOLS:
+            kind = self.spec.value_kind
+
+            def text_of(key: str, value: str) -> str:
+                return language.sentence_join + language.fill("niah", kind, "needle", key=key, value=value)
+
+            _POOLS[ident] = DistractorPool(text_of, sample_rng(*ident[1:], "distractor-keys"),
+                                           sample_rng(*ident[1:], "distractor-values"),
+                                           lambda rng: self._key(rng, language), self._value)
+            while len(_POOLS) > _POOLS_KEPT:
+                _POOLS.popitem(last=False)
+        _POOLS.move_to_end(ident)
+        return _POOLS[ident]
+
+    def _distractors(self, rng: random.Random, tok: PromptTokenizer, language: Language, budget: int,
+                     taken_keys: set[str], taken_values: set[str]) -> PieceFiller:
+        """Distractor needles for one prompt: a random draw from the pool, none with a key or value of this
+        sample's own needles."""
+        pool = self._pool(tok, language)
+        size = pool.size_for(tok, budget)
+        excluded = {pool.key_index.get(k) for k in taken_keys} | {pool.value_index.get(v) for v in taken_values}
+        drawn = rng.sample(range(size), min(size, budget // pool.shortest(size) + 64))
+        pad = TextFiller(self.sources.haystack(language, "prose").units(rng))
+        return PieceFiller(pool.texts, pool.ids, (i for i in drawn if i not in excluded), pad)
 
     def build(self, cell: Cell, tok: PromptTokenizer, language: Language, seed: int, index: int) -> Sample:
         spec = self.spec
@@ -86,29 +172,32 @@ class NiahTask(Task):
                    tag=f"needle:{k}")
             for (k, v), d in zip(needles, depths)
         ]
+        budget = cell.bucket - self.max_new_tokens(cell, tok)
         if spec.haystack == "needle":
-            filler = self._distractor_needles(rng, language, set(keys), used_values)
-            cache = False
+            filler = self._distractors(rng, tok, language, budget, set(keys), used_values)
         else:
             filler = self.sources.haystack(language, spec.haystack).units(rng)
-            cache = True
         if spec.num_queries > 1:
             question = language.fill("niah", kind, "question_multi", keys=language.join_list(asked))
+            prefix = language.fill("niah", kind, "answer_prefix_multi", keys=language.join_list(asked))
         elif spec.num_values > 1:
             question = language.fill("niah", kind, "question_all", key=asked[0])
+            prefix = language.fill("niah", kind, "answer_prefix_all", key=asked[0])
         else:
             question = language.fill("niah", kind, "question", key=asked[0])
+            prefix = language.fill("niah", kind, "answer_prefix", key=asked[0])
         if spec.absent:
             question += " " + language.fill("niah", kind, "none_clause", key=asked[0], none=language.none_word)
         head = language.fill("niah", kind, "instruction") + "\n\n"
         tail = "\n\n" + question
-        budget = cell.bucket - self.max_new_tokens(cell, tok)
-        built = assemble(tok, head, tail, inserts, filler, budget, cache_filler=cache)
+        built = assemble(tok, head, tail, inserts, filler, budget, answer_prefix=prefix)
         answers = list(language.none) if spec.absent else [v for key in asked for v in values[key]]
         return make_sample(
             self, cell, seed, index, built.content, built.token_ids, answers, self.max_new_tokens(cell, tok),
+            tok=tok, answer_prefix=built.answer_prefix,
             keys=asked, needles=[{"key": k, "value": v} for k, v in needles], positions=built.positions,
             depth=depths[0] if depths else None, haystack=spec.haystack, context_tokens=built.context_tokens,
+            filler_end=built.last_unit,
         )
 
     def score(self, sample: Sample, text: str) -> float:

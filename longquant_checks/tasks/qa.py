@@ -12,8 +12,10 @@ records' documents serve as distractors, as RULER does.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import random
+import re
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,7 @@ from typing import Iterator
 
 from ..errors import SourceError
 from ..schema import Cell, Sample
-from ..text.fitting import FitError, frame
+from ..text.fitting import FitError, fixed_cost, frame
 from ..text.languages import Language
 from ..text.tokens import PromptTokenizer
 from .base import Task, depth_for, make_sample, register_task, string_match_part
@@ -68,7 +70,7 @@ def load_qa_file(path: str | Path) -> list[QARecord]:
 
 class QATask(Task):
     family = "qa"
-    version = "1"
+    version = "2"
     metric = "part"
     hops: int
 
@@ -166,7 +168,9 @@ class QATask(Task):
         head = instruction + "\n\n" + language.fill("qa", "documents_intro")
         tail = "\n\n" + instruction + "\n\n" + language.fill("qa", "question", question=question)
         budget = cell.bucket - self.max_new_tokens(cell, tok)
-        fixed = len(tok.frame.prefix_ids) + len(tok.encode(head)) + len(tok.encode(tail)) + len(tok.frame.suffix_ids)
+        # RULER's answer prefix ("Answer:"), in the language's word: the label of its worked-example answers.
+        prefix = re.split(r"(?<=[:：])", language.template("vt", "answer"), maxsplit=1)[0].strip()
+        fixed = fixed_cost(tok, head, tail, prefix)
 
         def label(i: int) -> str:
             return "\n\n" + language.fill("qa", "document_label", index=i)
@@ -179,23 +183,24 @@ class QATask(Task):
         if total > budget:
             raise FitError(f"the question and its gold documents take {total} tokens, more than the {budget} available")
         pending: deque[tuple[str, tuple[int, ...]]] = deque()
-        while total < budget:  # add whole distractors; cut the last one to the exact remaining room
+        while total < budget:  # add whole distractors; cut the last one at a word boundary
             if not pending:
                 texts = ["\n" + next(distractors).strip() for _ in range(64)]
                 pending.extend(zip(texts, tok.encode_many(texts, cache=False)))
             text, ids = pending.popleft()
             label_len = len(tok.encode_many([label(len(gold) + len(docs) + 1)])[0])
             space = budget - total - label_len
-            if space <= 0:
-                if docs:  # no room for another label: continue the last document instead
-                    more_ids, more_text = tok.clean_prefix(tok.encode(" " + text.strip()), budget - total)
+            if len(ids) > space:
+                # the closest word-boundary cut of this document or one of the next few; if not even a word fits
+                # after another label, the last document goes on instead (no label needed)
+                nexts = [text, *(t for t, _ in itertools.islice(pending, 15))]
+                cut_ids, cut_text, _ = tok.best_word_cut(nexts, space)
+                if cut_ids:
+                    docs.append((cut_text, cut_ids))
+                elif docs:
+                    more_ids, more_text, _ = tok.best_word_cut([" " + t.strip() for t in nexts], budget - total)
                     last_text, last_ids = docs[-1]
                     docs[-1] = (last_text + more_text, tuple(last_ids) + tuple(more_ids))
-                break
-            if len(ids) > space:
-                ids, text = tok.clean_prefix(ids, space)
-                if ids:
-                    docs.append((text, ids))
                 break
             docs.append((text, ids))
             total += label_len + len(ids)
@@ -216,8 +221,9 @@ class QATask(Task):
             pieces_ids += [tok.encode_many([lab])[0], ids]
             if is_gold:
                 gold_positions.append(k)
-        content, token_ids = frame(tok, head, pieces_text, pieces_ids, tail)
+        content, token_ids = frame(tok, head, pieces_text, pieces_ids, tail, prefix)
         return make_sample(self, cell, seed, index, content, token_ids, answers, self.max_new_tokens(cell, tok),
+                           tok=tok, answer_prefix=tok.answer_prefix_ids(prefix)[0],
                            question=question, gold_documents=gold_positions, num_documents=len(order),
                            depth=gold_depths[0], source="file" if self.sources.qa_file else "synthetic")
 

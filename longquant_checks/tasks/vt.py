@@ -33,14 +33,14 @@ def _statements(names: list[str], value: str) -> list[str]:
 class VariableTracking(Task):
     name = "vt"
     family = "vt"
-    version = "1"
+    version = "2"
     metric = "all"
     description = "variable tracking: 1 chain of 4 hops in noise, all 5 variables holding the value must be named"
 
     def max_new_tokens(self, cell: Cell, tok: PromptTokenizer) -> int:
-        # RULER: 30 after an answer prefix. Without one, chat models restate the question first;
-        # SmolLM2 reached 64 tokens (cut short) listing "VAR XXXXX" names (docs/tasks.md).
-        return 128
+        # RULER: 30 after an answer prefix (five "VAR XXXXX" names are ~25 tokens). Without one, chat models
+        # restate the question first; SmolLM2 reached 64 tokens (cut short) listing names (docs/tasks.md).
+        return 64 if tok.style.answer_prefix and tok.frame.prefill else 128
 
     def build(self, cell: Cell, tok: PromptTokenizer, language: Language, seed: int, index: int) -> Sample:
         rng = self.rng(cell, seed, index)
@@ -66,13 +66,18 @@ class VariableTracking(Task):
                    for k, (stmt, d) in enumerate(zip(_statements(names, value), spread_depths(rng, NUM_HOPS + 1)))]
         filler = self.sources.haystack(language, "noise").units(rng)
         budget = cell.bucket - self.max_new_tokens(cell, tok)
-        with_example = budget - fixed_cost(tok, head, tail) >= 0.4 * cell.bucket
+        # RULER's answer prefix: the worked example's answer up to its list of variables.
+        prefix = language.template("vt", "answer").split("{variables}")[0].format(count=len(names), value=value)
+        prefix = prefix.rstrip()
+        with_example = budget - fixed_cost(tok, head, tail, prefix) >= 0.4 * cell.bucket
         if not with_example:  # scripts that take many tokens per character, at 1K-2K: no room for it
             head = language.fill("vt", "instruction") + "\n\n"
-        built = assemble(tok, head, tail, inserts, filler, budget)
+        built = assemble(tok, head, tail, inserts, filler, budget, answer_prefix=prefix)
         return make_sample(self, cell, seed, index, built.content, built.token_ids, names,
-                           self.max_new_tokens(cell, tok), value=value, positions=built.positions,
-                           context_tokens=built.context_tokens, worked_example=with_example)
+                           self.max_new_tokens(cell, tok), tok=tok, answer_prefix=built.answer_prefix,
+                           value=value, positions=built.positions,
+                           context_tokens=built.context_tokens, filler_end=built.last_unit,
+                           worked_example=with_example)
 
     def score(self, sample: Sample, text: str) -> float:
         return string_match_all(text, sample.answers)

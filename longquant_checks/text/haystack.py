@@ -1,21 +1,25 @@
 """Haystack sources: endless streams of text units (sentences) in a language.
 
-Built-in sources come from the language files (RULER's repetitive `noise`, native `prose`); a user can
-point a language at a folder of UTF-8 text files (their own documents) with `CorpusSource`.
+Built-in sources: RULER's repetitive `noise` (from the language files) and native `prose` (real documents shipped
+in text/prose/, then the language file's own sentences); a user can point a language at a folder of UTF-8 text
+files (their own documents) with `corpus_source`.
 Each unit carries its leading separator, so units can be concatenated and tokenized one by one.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import random
 import re
 from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from typing import Iterator
 
 from ..errors import SourceError
-from .languages import Language
+from .languages import Language, load_language
 
 _SENTENCE_END = re.compile(r"(?<=[.!?…؟।])\s+|(?<=[。！？])")
 _MAX_UNIT_CHARS = 400
@@ -55,9 +59,33 @@ def _fingerprint(parts: list[str]) -> str:
     return hashlib.sha256("\x00".join(parts).encode("utf-8")).hexdigest()
 
 
+@lru_cache(maxsize=None)
+def shipped_prose(code: str) -> tuple[str, ...]:
+    """The language's shipped prose (text/prose/<code>.txt.gz: real documents under open licenses, one sentence a
+    line, in document order; text/prose/SOURCES.md lists them), or () where there is none."""
+    path = Path(str(resources.files("longquant_checks.text") / "prose" / f"{code}.txt.gz"))
+    if not path.is_file():
+        return ()
+    return tuple(line for line in gzip.decompress(path.read_bytes()).decode("utf-8").splitlines() if line)
+
+
 def builtin_source(language: Language, kind: str) -> HaystackSource:
-    sentences = language.pool("haystack", kind)
-    order = "cycle" if kind == "noise" else "shuffle"
+    return _builtin_source(language.code, language.fingerprint, kind)
+
+
+@lru_cache(maxsize=None)
+def _builtin_source(code: str, fingerprint: str, kind: str) -> HaystackSource:
+    """noise: RULER's few repeated sentences, in a cycle. prose: the shipped documents, then the language file's own
+    sentences, read contiguously from a random start: no sentence repeats before every one was used, and a haystack
+    reads as documents, not as a shuffle of sentences."""
+    language = load_language(code)
+    if kind == "noise":
+        sentences = language.pool("haystack", kind)
+        order = "cycle"
+    else:
+        shipped = shipped_prose(language.code)
+        sentences = shipped + tuple(s for s in language.pool("haystack", kind) if s not in set(shipped))
+        order = "contiguous"
     fp = _fingerprint([language.code, kind, *sentences])
     return HaystackSource(f"{kind}:{language.code}", sentences, language.sentence_join, order, fp)
 

@@ -35,6 +35,11 @@ _NIAH_TEMPLATES = {
 }
 _TEMPLATES: dict[tuple[str, ...], set[str]] = {
     **{("niah", kind, name): ph for kind in ("number", "uuid") for name, ph in _NIAH_TEMPLATES.items()},
+    # The answer's first words, to start the assistant turn with (RULER's answer_prefix), in the language's own words.
+    ("niah", "number", "answer_prefix"): {"key"},
+    ("niah", "number", "answer_prefix_all"): {"key"},
+    ("niah", "number", "answer_prefix_multi"): {"keys"},
+    ("niah", "uuid", "answer_prefix"): {"key"},
     ("vt", "instruction"): set(),
     ("vt", "question"): {"value"},
     ("vt", "answer"): {"count", "value", "variables"},
