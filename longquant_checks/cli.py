@@ -3,6 +3,7 @@
   longquant demo                 build the demo task suite with the demo model's tokenizer, print a summary
   longquant suite --model M ...  the same for any model (local path, hub id, or `demo`)
   longquant tasks | languages    list what exists
+  longquant report RESULTS       a results folder's summary as Markdown (a pull-request comment)
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -53,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     suite.add_argument("--trust-remote-code", action="store_true", help="allow the tokenizer's own code (opt-in)")
     suite.add_argument("--no-chat-template", action="store_true", help="plain prompts for base models")
     _add_suite_args(suite, {"n": DEMO_N})
+    report = sub.add_parser("report", help="render a results folder's summary (Markdown, for a PR comment)")
+    report.add_argument("results", help="the results folder (results_dir of the config; has summary.json)")
+    report.add_argument("-o", "--output", default=None, help="write to this file instead of stdout")
     sub.add_parser("tasks", help="list tasks")
     sub.add_parser("languages", help="list languages")
     prune = sub.add_parser("prune-samples", help="delete cached sample sets not used for a number of days")
@@ -68,6 +73,18 @@ def main(argv: list[str] | None = None) -> int:
 
             files, size = prune_samples(args.unused_days)
             console.print(f"removed {files} sample sets ({size / 2**20:.1f} MiB) unused for {args.unused_days:g} days")
+            return 0
+        if args.command == "report":
+            from .report.markdown import load_summary, render_markdown
+
+            text = render_markdown(load_summary(args.results))
+            if args.output:
+                from .storage import write_text_atomic
+
+                write_text_atomic(Path(args.output), text)
+                console.print(f"wrote {args.output}")
+            else:
+                sys.stdout.write(text)
             return 0
         if args.command == "demo":
             args.model, args.trust_remote_code, args.no_chat_template = "demo", False, False
@@ -94,10 +111,13 @@ def _list_tasks() -> int:
 def _list_languages() -> int:
     from .text.languages import LANGUAGES, load_language
 
+    from .text.haystack import builtin_source
+
     table = Table("code", "language", "direction", "none", "prose sentences")
     for code in LANGUAGES:
         lang = load_language(code)
-        table.add_row(code, lang.name, lang.direction, " / ".join(lang.none), str(len(lang.pool("haystack", "prose"))))
+        table.add_row(code, lang.name, lang.direction, " / ".join(lang.none),
+                      str(len(builtin_source(lang, "prose").sentences)))
     console.print(table)
     return 0
 

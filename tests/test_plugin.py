@@ -133,6 +133,12 @@ def test_update_missing_then_gate_passes_and_damaged_fails(pytester, demo_path, 
     assert again.parseoutcomes()["passed"] == 2
     again.stdout.no_fnmatch_line("*engine ready*")
     again.stdout.fnmatch_lines(["*candidate \\ task*", "*damaged*-100.0!*", "*0 updated*"])
+    # The run's summary.json renders to Markdown with the command line: the failing candidate first.
+    md = subprocess.run([sys.executable, "-m", "longquant_checks.cli", "report", str(shared_results)],
+                        capture_output=True, text=True, check=True).stdout
+    assert "| damaged | **FAIL** | 2 of 2 | -100.0 points, recovery 0% |" in md and "| same | pass | 0 of 2 |" in md
+    assert md.index("### damaged") < md.index("### same")
+    assert "| niah_single_1-1K-en | 100.0 | 0.0 | -100.0 |" in md
 
 
 def test_ci_refuses_updates(pytester, demo_path, shared_results, monkeypatch):

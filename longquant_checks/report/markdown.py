@@ -1,0 +1,100 @@
+"""A Markdown summary of a results folder's summary.json, short enough for a pull-request comment.
+
+Reads results only (never an engine): the per-test rows the plugin writes (`lq_*`, the same as JUnit's properties).
+Per candidate: its verdict, its failing cells first, each cell's delta with its confidence interval and its
+recovery (candidate / reference, the Neural Magic framing) beside the absolute delta, then its language, bucket and
+aggregate gates; then what was not gated and the baselines a run changed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import LongquantError
+
+_LEVEL_ORDER = {"cell": 0, "language": 1, "bucket": 2, "aggregate": 3}
+
+
+class ReportError(LongquantError):
+    """A results folder holds no summary that can be rendered."""
+
+
+def load_summary(results_dir: str | Path) -> dict[str, Any]:
+    path = Path(results_dir) / "summary.json"
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ReportError(f"{path} not found: point at a results folder of a finished run (results_dir in the "
+                          "config, default .longquant/results)") from None
+    except (OSError, ValueError) as exc:
+        raise ReportError(f"{path} is not readable JSON ({exc}); run the gate again to rewrite it") from None
+    if not isinstance(summary, dict) or not isinstance(summary.get("tests"), list):
+        raise ReportError(f"{path} is not a longquant summary (no `tests` list)")
+    return summary
+
+
+def recovery(row: dict[str, Any]) -> str:
+    """Candidate / reference, in percent ('-' where the reference scored 0)."""
+    ref, cand = row.get("lq_reference"), row.get("lq_candidate")
+    if not isinstance(ref, (int, float)) or not isinstance(cand, (int, float)) or ref <= 0:
+        return "-"
+    return f"{100 * cand / ref:.0f}%"
+
+
+def _status(row: dict[str, Any]) -> str:
+    status = row.get("lq_status", "")
+    return {"fail": "**FAIL**", "pass": "pass"}.get(status, status or "?")
+
+
+def _p(row: dict[str, Any]) -> str:
+    p = row.get("lq_p_holm", row.get("lq_p"))
+    if not isinstance(p, (int, float)):
+        return "-"
+    return "<1e-05" if p < 1e-5 else f"{p:.2g}"  # summary.json keeps 5 decimals
+
+
+def _name(row: dict[str, Any]) -> str:
+    level = row.get("lq_level", "cell")
+    return {"language": "language ", "bucket": "bucket "}.get(level, "") + (
+        row["lq_cell"].split("-", 1)[1] if level in ("language", "bucket") else row["lq_cell"])
+
+
+def render_markdown(summary: dict[str, Any]) -> str:
+    rows = [r for r in summary["tests"] if "lq_checkpoint" in r]
+    counts = summary.get("counts", {})
+    out = ["## longquant gate: " + ", ".join(f"{counts[k]} {k}" for k in
+                                              ("passed", "regressed", "error", "not gated", "missing baselines")
+                                              if counts.get(k))]
+    candidates = list(dict.fromkeys(r["lq_checkpoint"] for r in rows))
+    verdicts = []
+    for name in candidates:
+        mine = [r for r in rows if r["lq_checkpoint"] == name]
+        failed = [r for r in mine if r.get("lq_status") == "fail"]
+        aggregate = next((r for r in mine if r.get("lq_level") == "aggregate" and "lq_delta" in r), None)
+        average = f"{aggregate['lq_delta']:+.1f} points, recovery {recovery(aggregate)}" if aggregate else "-"
+        verdicts.append(f"| {name} | {'**FAIL**' if failed else 'pass'} | {len(failed)} of {len(mine)} | {average} |")
+    out += ["", "| candidate | verdict | failing tests | average over its cells |", "|---|---|---|---|", *verdicts]
+    for name in sorted(candidates, key=lambda n: not any(r.get("lq_status") == "fail" for r in rows
+                                                          if r["lq_checkpoint"] == n)):
+        mine = [r for r in rows if r["lq_checkpoint"] == name and "lq_delta" in r]
+        mine.sort(key=lambda r: (r.get("lq_status") != "fail", _LEVEL_ORDER.get(r.get("lq_level", "cell"), 9),
+                                 r["lq_delta"]))
+        out += ["", f"### {name}", "", "| test | reference | candidate | delta | CI | recovery | p (Holm) | tolerance "
+                "| verdict |", "|---|---:|---:|---:|---|---:|---:|---:|---|"]
+        for r in mine:
+            out.append(f"| {_name(r)} | {r['lq_reference']:.1f} | {r['lq_candidate']:.1f} | {r['lq_delta']:+.1f} | "
+                       f"{r.get('lq_ci', '-')} | {recovery(r)} | {_p(r)} | {r.get('lq_tolerance', '-')} | "
+                       f"{_status(r)} |")
+    not_gated = summary.get("not_gated", [])
+    if not_gated:
+        out += ["", "### Not gated (never counted as passed)", ""]
+        out += [f"- {ng['test']}: {ng['reason']}{' (allowed)' if ng.get('allowed') else ''}: {ng.get('detail', '')}"
+                for ng in not_gated]
+    changes = list(dict.fromkeys(r["lq_baseline_change"] for r in rows if r.get("lq_baseline_change")))
+    if changes:
+        out += ["", "### Baselines updated by this run", "", *[f"- {c}" for c in changes]]
+    out += ["", "Delta and CI in accuracy points (candidate - reference); recovery = candidate / reference; p adjusted "
+            "by Holm over the candidate's planned family."]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,63 @@
+"""The Markdown summary of a results folder (report/markdown.py): a pull-request comment, read from summary.json.
+A real run's summary is rendered in tests/test_plugin.py; these are the rendering rules and the bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from longquant_checks.cli import main
+from longquant_checks.report.markdown import ReportError, load_summary, recovery, render_markdown
+
+
+def row(checkpoint, cell, level, ref, cand, status, **extra):
+    return {"lq_checkpoint": checkpoint, "lq_cell": cell, "lq_level": level, "lq_reference": ref,
+            "lq_candidate": cand, "lq_delta": cand - ref, "lq_ci": "[-1.00, 1.00]", "lq_p_holm": 0.5,
+            "lq_tolerance": 5.0, "lq_status": status, **extra}
+
+
+SUMMARY = {"format": 2, "counts": {"passed": 3, "regressed": 2, "not gated": 1},
+           "not_gated": [{"test": "a-niah_single_1-128K-en", "reason": "too-long", "allowed": False,
+                          "detail": "exceeds the model's max length 8192"}],
+           "tests": [row("good", "niah_single_1-1K-en", "cell", 80.0, 80.0, "pass"),
+                     row("good", "aggregate", "aggregate", 80.0, 80.0, "pass"),
+                     row("bad", "niah_single_1-1K-en", "cell", 80.0, 60.0, "pass"),
+                     row("bad", "niah_single_1-1K-de", "cell", 50.0, 0.0, "fail", lq_p_holm=0.0),
+                     row("bad", "language-de", "language", 50.0, 0.0, "fail"),
+                     row("bad", "aggregate", "aggregate", 65.0, 30.0, "pass",
+                         lq_baseline_change="+ niah_single_1-1K-de: new baseline")]}
+
+
+def test_failing_candidates_and_cells_come_first_with_recovery():
+    md = render_markdown(SUMMARY)
+    assert md.startswith("## longquant gate: 3 passed, 2 regressed, 1 not gated")
+    assert "| bad | **FAIL** | 2 of 4 | -35.0 points, recovery 46% |" in md
+    assert md.index("### bad") < md.index("### good")
+    bad = md[md.index("### bad"):md.index("### good")]
+    lines = [line for line in bad.splitlines() if line.startswith("| ") and "reference" not in line]
+    assert lines[0].startswith("| niah_single_1-1K-de | 50.0 | 0.0 | -50.0 |") and "<1e-05" in lines[0]
+    assert lines[1].startswith("| language de |")
+    assert "| 75% |" in bad  # 60 of 80
+    assert "- a-niah_single_1-128K-en: too-long: exceeds" in md
+    assert "- + niah_single_1-1K-de: new baseline" in md
+
+
+def test_recovery_of_a_reference_that_scored_nothing():
+    assert recovery({"lq_reference": 0.0, "lq_candidate": 0.0}) == "-"
+    assert recovery({"lq_reference": 40.0, "lq_candidate": 50.0}) == "125%"
+
+
+def test_cli_writes_the_file_and_bad_folders_are_clear_errors(tmp_path, capsys):
+    (tmp_path / "summary.json").write_text(json.dumps(SUMMARY))
+    assert main(["report", str(tmp_path), "-o", str(tmp_path / "pr.md")]) == 0
+    assert (tmp_path / "pr.md").read_text() == render_markdown(SUMMARY)
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    printed = "".join(capsys.readouterr().out.split())  # rich wraps long lines
+    assert "missing/summary.jsonnotfound:pointataresultsfolder" in printed
+    (tmp_path / "summary.json").write_text("{not json")
+    with pytest.raises(ReportError, match="not readable JSON"):
+        load_summary(tmp_path)
+    (tmp_path / "summary.json").write_text('{"tests": 3}')
+    with pytest.raises(ReportError, match="not a longquant summary"):
+        load_summary(tmp_path)
