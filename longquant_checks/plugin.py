@@ -460,7 +460,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         pass
     summary = _summary(rows, unused)
     config.stash[_PROPS].append(("summary", summary))
-    path = run.results.write_summary({"tests": rows, **summary})
+    path = run.results.write_summary({"tests": rows, "run": run.settings(), **summary})
     report = _opt(config, "report")
     if report:
         from .storage import write_text_atomic

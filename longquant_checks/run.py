@@ -75,6 +75,15 @@ class GateRun:
         self._policies: dict[str, BaselinePolicy] = {}
         self._outcomes: dict[Case, Outcome] = {}
 
+    def settings(self) -> dict:
+        """What this run was asked to do, for its summary (read from the config only: nothing is loaded)."""
+        g = self.config.gate
+        return {"config": str(self.config.path), "reference": self.config.reference_name, "engine": self.engine_kind,
+                "device": self.device, "mode": self.mode, "samples": self.n, "seed": self.seed,
+                "tasks": list(g.tasks), "buckets": [bucket_label(b) for b in g.buckets],
+                "languages": list(g.languages), "prompt": prompt_style(g).describe(),
+                "candidates": [c.name for c in g.candidates]}
+
     # -- what to run ---------------------------------------------------------------------------
     def checkpoint_names(self) -> list[str]:
         names = [REFERENCE] if self.config.gate.rerun_reference else []

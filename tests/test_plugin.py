@@ -139,6 +139,8 @@ def test_update_missing_then_gate_passes_and_damaged_fails(pytester, demo_path, 
     assert "| damaged | **FAIL** | 2 of 2 | -100.0 points, recovery 0% |" in md and "| same | pass | 0 of 2 |" in md
     assert md.index("### damaged") < md.index("### same")
     assert "| niah_single_1-1K-en | 100.0 | 0.0 | -100.0 |" in md
+    assert "reference SmolLM2-135M-Instruct, engine hf on cpu" in md and "- damaged: fingerprint `" in md
+    assert "- versions: " in md and "transformers " in md
 
 
 def test_ci_refuses_updates(pytester, demo_path, shared_results, monkeypatch):

@@ -61,3 +61,24 @@ def test_cli_writes_the_file_and_bad_folders_are_clear_errors(tmp_path, capsys):
     (tmp_path / "summary.json").write_text('{"tests": 3}')
     with pytest.raises(ReportError, match="not a longquant summary"):
         load_summary(tmp_path)
+
+
+def test_the_run_section_names_settings_fingerprints_and_versions(tmp_path):
+    result = tmp_path / "bad.jsonl"
+    result.write_text(json.dumps({"checkpoint_identity": {"fingerprint": "ab" * 32, "recipe": "bnb-nf4"},
+                                  "engine": {"kind": "hf", "settings": {"dtype": "float32"}, "device": "cpu",
+                                             "versions": {"torch": "2.13.0", "transformers": "5.19.0"}}}) + "\n")
+    summary = json.loads(json.dumps(SUMMARY))
+    for r in summary["tests"]:
+        if r["lq_checkpoint"] == "bad":
+            r["lq_result_file"] = str(result)
+    summary["run"] = {"config": "longquant.toml", "reference": "demo", "engine": "hf", "device": "cpu",
+                      "mode": "default", "samples": 20, "seed": 0, "tasks": ["niah_single_1"], "buckets": ["1K"],
+                      "languages": ["en", "de"], "prompt": {"system_prompt": "none", "answer_prefix": True}}
+    md = render_markdown(summary)
+    run = md[md.index("### Run"):]
+    assert "- config `longquant.toml`, reference demo, engine hf on cpu, mode default, 20 samples per cell" in run
+    assert "system prompt none, answer prefix on" in run
+    assert "- bad: fingerprint `abababababababab`, recipe bnb-nf4; hf (dtype=float32) on cpu" in run
+    assert "- versions: torch 2.13.0, transformers 5.19.0" in run
+    assert "- good:" not in run  # no result file: nothing made up

@@ -61,6 +61,44 @@ def _name(row: dict[str, Any]) -> str:
         row["lq_cell"].split("-", 1)[1] if level in ("language", "bucket") else row["lq_cell"])
 
 
+def _result_header(path: str | None) -> dict[str, Any]:
+    """The header line of a cell's result file (the checkpoint's identity, engine, versions, prompt style)."""
+    try:
+        with open(str(path), encoding="utf-8") as fh:
+            header = json.loads(fh.readline())
+    except (OSError, ValueError, TypeError):
+        return {}
+    return header if isinstance(header, dict) else {}
+
+
+def _run_section(run: dict[str, Any] | None, rows: list[dict[str, Any]]) -> list[str]:
+    out = ["", "### Run", ""]
+    if run:
+        prompt = run.get("prompt", {})
+        out.append(f"- config `{run.get('config')}`, reference {run.get('reference')}, engine {run.get('engine')} on "
+                   f"{run.get('device')}, mode {run.get('mode')}, {run.get('samples')} samples per cell, seed "
+                   f"{run.get('seed')}")
+        out.append(f"- tasks {', '.join(run.get('tasks', []))}; buckets {', '.join(run.get('buckets', []))}; languages "
+                   f"{', '.join(run.get('languages', []))}; system prompt {prompt.get('system_prompt')}, answer prefix "
+                   f"{'on' if prompt.get('answer_prefix') else 'off'}")
+    versions: dict[str, str] = {}
+    for name in dict.fromkeys(r["lq_checkpoint"] for r in rows):
+        header = next((h for r in rows if r["lq_checkpoint"] == name and (h := _result_header(r.get("lq_result_file")))),
+                      {})
+        if not header:
+            continue
+        identity, engine = header.get("checkpoint_identity", {}), header.get("engine", {})
+        versions.update(engine.get("versions", {}))
+        fingerprint = str(identity.get("fingerprint", ""))[:16] or "-"
+        settings = ", ".join(f"{k}={v}" for k, v in sorted(engine.get("settings", {}).items())) or "defaults"
+        recipe = f", recipe {identity['recipe']}" if identity.get("recipe") else ""
+        out.append(f"- {name}: fingerprint `{fingerprint}`{recipe}; {engine.get('kind')} ({settings}) on "
+                   f"{engine.get('device', '?')}")
+    if versions:
+        out.append("- versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
+    return out if len(out) > 3 else []
+
+
 def render_markdown(summary: dict[str, Any]) -> str:
     rows = [r for r in summary["tests"] if "lq_checkpoint" in r]
     counts = summary.get("counts", {})
@@ -95,6 +133,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
     changes = list(dict.fromkeys(r["lq_baseline_change"] for r in rows if r.get("lq_baseline_change")))
     if changes:
         out += ["", "### Baselines updated by this run", "", *[f"- {c}" for c in changes]]
+    out += _run_section(summary.get("run"), rows)
     out += ["", "Delta and CI in accuracy points (candidate - reference); recovery = candidate / reference; p adjusted "
             "by Holm over the candidate's planned family."]
     return "\n".join(out) + "\n"
