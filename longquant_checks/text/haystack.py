@@ -84,7 +84,8 @@ def _builtin_source(code: str, fingerprint: str, kind: str) -> HaystackSource:
         order = "cycle"
     else:
         shipped = shipped_prose(language.code)
-        sentences = shipped + tuple(s for s in language.pool("haystack", kind) if s not in set(shipped))
+        seen = set(shipped)
+        sentences = shipped + tuple(s for s in language.pool("haystack", kind) if s not in seen)
         order = "contiguous"
     fp = _fingerprint([language.code, kind, *sentences])
     return HaystackSource(f"{kind}:{language.code}", sentences, language.sentence_join, order, fp)
