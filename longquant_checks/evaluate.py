@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 
 from .checkpoints.resolve import ResolvedCheckpoint
 from .errors import LongquantError
+from .meter import StreamMeter, stream_key
 from .results import CellResult, ResultStore, SampleResult, cell_key
 from .samples import SampleBook
 from .schema import Cell
@@ -38,6 +39,7 @@ class CheckpointRunner:
         self._engine = None
         self._start_error: EngineStartError | None = None
         self._identity: dict | None = None
+        self._start_seconds: float | None = None
 
     @property
     def engine(self):
@@ -57,7 +59,8 @@ class CheckpointRunner:
                     f"(tried once; every cell of this checkpoint reports this): {_root_cause(exc)}")
                 self.progress(f"{self.label}: {self.setup.kind} engine failed to start")
                 raise self._start_error from None
-            self.progress(f"{self.label}: {self.setup.kind} engine ready in {time.perf_counter() - t0:.0f} s")
+            self._start_seconds = time.perf_counter() - t0
+            self.progress(f"{self.label}: {self.setup.kind} engine ready in {self._start_seconds:.0f} s")
         return self._engine
 
     def engine_identity(self) -> dict:
@@ -144,24 +147,44 @@ class CheckpointRunner:
                     origin.append((cell, index))
                     yield sample
 
-        t0 = time.perf_counter()
+        meter = StreamMeter()
         try:
             for position, output in engine.stream(plan()):
                 cell, index = origin[position]
                 pending[cell][index] = output
+                meter.add(cell, output.n_prompt_tokens, output.n_output_tokens, output.seconds)
                 if len(pending[cell]) == sizes[cell]:
-                    results[cell] = self._finish(cell, keys[cell], pending.pop(cell), engine, t0)
+                    results[cell] = self._finish(cell, keys[cell], pending.pop(cell), engine, meter.t0)
                     locks.pop(cell).release()  # another process may take it from here
         except Exception as exc:  # the engine failed mid-stream: finished cells are saved, the rest fail with its cause
             for cell in pending:
                 results[cell] = LongquantError(f"{self.label} {cell.id}: the {self.setup.kind} engine failed while "
                                                f"generating: {_root_cause(exc)}")
+            return
+        self._save_efficiency(meter, engine)
+
+    def _save_efficiency(self, meter: StreamMeter, engine) -> None:
+        """The stream's costs beside its results; a failure to measure never fails the cells."""
+        if not meter.samples:
+            return
+        try:
+            resources = engine.resources()
+        except Exception as exc:  # the figures are a report's, not the gate's
+            resources = {"caveats": [f"the engine could not report its resources: {type(exc).__name__}: {exc}"]}
+        identity = self.engine_identity()
+        record = meter.record(checkpoint=self.label, key=stream_key(self.checkpoint.identity, identity),
+                              identity=self.checkpoint.identity, engine_identity=identity,
+                              engine_version=engine.info.version, resources=resources,
+                              start_seconds=self._start_seconds, weights_path=self.checkpoint.path,
+                              in_flight=bool(self.checkpoint.recipe))
+        self.store.save_efficiency(record)
 
     def _finish(self, cell: Cell, key: str, outputs: dict[int, Any], engine, t0: float) -> CellResult:
         samples = self.book.samples(cell)
         task = self.book.task(cell.task)
         results = [SampleResult(s.id, s.prompt_sha256, float(task.score(s, o.text)), o.text, o.n_prompt_tokens,
-                                o.n_output_tokens, round(o.seconds, 4), o.finish_reason)
+                                o.n_output_tokens, round(o.seconds, 4), o.finish_reason, *_prompt_ends(s),
+                                list(s.answers))
                    for s, o in ((s, outputs[i]) for i, s in enumerate(samples))]
         identity = dict(self.engine_identity())
         identity["engine_version"] = engine.info.version
@@ -192,6 +215,12 @@ class CheckpointRunner:
         if self._engine is not None:
             engine, self._engine = self._engine, None
             engine.__exit__(None, None, None)
+
+
+def _prompt_ends(sample, chars: int = 400) -> tuple[str, str]:
+    """The prompt's head and tail as text, for reports (the middle of a long haystack says nothing)."""
+    text = sample.prompt_text
+    return (text, "") if len(text) <= 2 * chars else (text[:chars], text[-chars:])
 
 
 def _root_cause(exc: BaseException, lines: int = 12) -> str:

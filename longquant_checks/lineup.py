@@ -28,6 +28,10 @@ class Lineup:
                                                 engine_args=ref.engine_args)
         return self._resolved[REFERENCE]  # type: ignore[return-value]
 
+    def resolved(self) -> dict[str, ResolvedCheckpoint]:
+        """The checkpoints resolved so far (nothing is fetched or produced here)."""
+        return {n: c for n, c in self._resolved.items() if isinstance(c, ResolvedCheckpoint)}
+
     def get(self, name: str) -> ResolvedCheckpoint:
         if name == REFERENCE:
             return self.reference

@@ -404,6 +404,7 @@ def _record(item: pytest.Item, o: Outcome, run: GateRun) -> None:
     if v is not None:
         props += [("lq_n", v.n), ("lq_reference", round(v.reference_mean, 2)), ("lq_candidate", round(v.candidate_mean, 2)),
                   ("lq_delta", round(v.delta, 2)), ("lq_ci", f"[{v.ci_low:.2f}, {v.ci_high:.2f}]"),
+                  ("lq_ci_low", round(v.ci_low, 2)), ("lq_ci_high", round(v.ci_high, 2)),
                   ("lq_p", round(v.p_value, 5)), ("lq_p_holm", round(v.p_adjusted, 5)),
                   ("lq_tolerance", round(v.tolerance.points, 2)), ("lq_tolerance_source", v.tolerance.source),
                   ("lq_mdd", round(v.min_detectable_drop, 2)), ("lq_stale", v.stale)]
@@ -416,6 +417,8 @@ def _record(item: pytest.Item, o: Outcome, run: GateRun) -> None:
         props.append(("lq_baseline_change", o.baseline_change))
     if o.result_file:
         props.append(("lq_result_file", o.result_file))
+    if o.baseline_file:
+        props.append(("lq_baseline_file", o.baseline_file))
     if o.seconds_per_sample is not None:
         props.append(("lq_seconds_per_sample", round(o.seconds_per_sample, 3)))
     if o.error:
@@ -460,7 +463,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         pass
     summary = _summary(rows, unused)
     config.stash[_PROPS].append(("summary", summary))
-    path = run.results.write_summary({"tests": rows, "run": run.settings(), **summary})
+    path = run.results.write_summary({"tests": rows, "run": run.settings(), "checkpoints": run.checkpoints_summary(),
+                                      **summary})
     report = _opt(config, "report")
     if report:
         from .storage import write_text_atomic

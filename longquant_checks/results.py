@@ -36,6 +36,10 @@ class SampleResult:
     n_output_tokens: int
     seconds: float
     finish_reason: str = ""
+    # For reports (not part of the key; absent in files of older runs): the prompt's ends and the expected answers.
+    prompt_head: str = ""
+    prompt_tail: str = ""
+    answers: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -129,6 +133,16 @@ class ResultStore:
         lines += [json.dumps(asdict(s), ensure_ascii=False, sort_keys=True) for s in result.samples]
         write_text_atomic(path, "\n".join(lines) + "\n")
         result.path = str(path)
+        return path
+
+    def efficiency_path(self, checkpoint: str, key: str) -> Path:
+        return self.root / "efficiency" / f"{checkpoint}-{key[:16]}.json"
+
+    def save_efficiency(self, record: dict[str, Any]) -> Path:
+        """One checkpoint stream's measured costs (evaluate.StreamMeter), replaced by the next run that streams it."""
+        path = self.efficiency_path(record["checkpoint"], record["key"])
+        write_text_atomic(path, json.dumps({"format": RESULTS_FORMAT, **record}, indent=2, sort_keys=True,
+                                           default=str) + "\n")
         return path
 
     def write_summary(self, summary: dict[str, Any], name: str = "summary.json") -> Path:

@@ -84,6 +84,17 @@ class GateRun:
                 "languages": list(g.languages), "prompt": prompt_style(g).describe(),
                 "candidates": [c.name for c in g.candidates]}
 
+    def checkpoints_summary(self) -> dict:
+        """What the run resolved of each checkpoint, for reports: precision, fingerprint, stored parameters and
+        weights on disk (the reference's weight memory at a candidate's dtype is computed from its parameters)."""
+        from .checkpoints.info import parameter_count
+        from .meter import weights_on_disk
+
+        return {name: {"precision": c.precision if name != REFERENCE else "16-bit", "fingerprint": c.fingerprint,
+                       "recipe": c.recipe or (c.produced or {}).get("recipe"), "parameters": parameter_count(c.path),
+                       "size_on_disk_bytes": weights_on_disk(c.path) or None}
+                for name, c in self.lineup.resolved().items()}
+
     # -- what to run ---------------------------------------------------------------------------
     def checkpoint_names(self) -> list[str]:
         names = [REFERENCE] if self.config.gate.rerun_reference else []

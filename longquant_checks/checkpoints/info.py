@@ -55,3 +55,26 @@ def yarn_overrides(source: str | Path, target: int) -> dict | None:
         rope["rope_theta"] = theta
     # max_position_embeddings too: newer vLLM takes a YaRN model's max_position_embeddings as already scaled.
     return {"rope_parameters": rope, "max_position_embeddings": target}
+
+
+def parameter_count(source: str | Path) -> int | None:
+    """Parameters stored in a local checkpoint's safetensors files, read from their headers (no weights loaded);
+    None where there are none. Packed quantized tensors count as stored, not as the parameters they stand for."""
+    import struct
+
+    files = sorted(Path(source).glob("*.safetensors")) if Path(source).is_dir() else []
+    total = 0
+    for path in files:
+        try:
+            with open(path, "rb") as fh:
+                size = struct.unpack("<Q", fh.read(8))[0]
+                header = json.loads(fh.read(size))
+        except (OSError, ValueError, struct.error):
+            return None
+        for name, meta in header.items():
+            if name != "__metadata__" and isinstance(meta, dict):
+                count = 1
+                for dim in meta.get("shape", []):
+                    count *= int(dim)
+                total += count
+    return total or None

@@ -57,6 +57,12 @@ class Engine:
     def close(self) -> None:
         pass
 
+    def resources(self) -> dict[str, Any]:
+        """What the engine used so far, for the efficiency report (meter.py): peak_memory_bytes with memory_kind
+        ("cuda" or "rss") and memory_note, kv_cache_bytes_per_token with kv_cache_note, engine_reported (figures the
+        engine itself measured), caveats. Empty where the engine cannot tell."""
+        return {}
+
     def stream(self, samples: Iterable[Sample]) -> Iterator[tuple[int, Output]]:
         """Greedy answers as they finish, as (position in `samples`, output), in any order. `samples` is consumed
         lazily, so a plan larger than memory can be fed from a generator; every sample is answered once."""
@@ -68,6 +74,24 @@ class Engine:
             samples = [replace(s, max_new_tokens=max_new_tokens) for s in samples]
         found = dict(self.stream(samples))
         return [found[i] for i in range(len(samples))]
+
+
+_DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2, "fp8": 1, "fp8_e4m3": 1,
+                "fp8_e5m2": 1, "int8": 1}
+
+
+def kv_bytes_per_token(config: dict[str, Any], dtype: str) -> int | None:
+    """Keys and values one token adds to the cache: 2 x layers x KV heads x head size x element bytes, from a model
+    config (dict form of config.json); None when the config lacks a number or the dtype is unknown."""
+    config = config.get("text_config", config)
+    layers, heads = config.get("num_hidden_layers"), config.get("num_attention_heads")
+    kv_heads = config.get("num_key_value_heads") or heads
+    head_dim = config.get("head_dim") or (config["hidden_size"] // heads if config.get("hidden_size") and heads
+                                          else None)
+    size = _DTYPE_BYTES.get(str(dtype).removeprefix("torch."))
+    if not all(isinstance(x, int) and x > 0 for x in (layers, kv_heads, head_dim)) or size is None:
+        return None
+    return 2 * layers * kv_heads * head_dim * size
 
 
 def by_cell(samples: Iterable[Sample]) -> Iterator[list[tuple[int, Sample]]]:

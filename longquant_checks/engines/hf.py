@@ -25,8 +25,16 @@ class HFEngine(Engine):
         import transformers
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from ..meter import read_proc_status, reset_peak_rss
+
         self._torch = torch
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            reset_peak_rss()  # this engine's peak, not that of a model loaded earlier in this process
+        self._rss_before = read_proc_status().get("VmRSS")
+        self._batch_rates: list[tuple[float, float]] = []  # (prompt tokens/s, output tokens/s) per batch
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
         if dtype == "auto":
             dtype = "bfloat16" if self.device.startswith("cuda") else cpu_dtype()
@@ -117,7 +125,8 @@ class HFEngine(Engine):
                 max_new_tokens=budget, do_sample=False, pad_token_id=self.pad_id,
                 **({"cache_implementation": "quantized", "cache_config": dict(self.kv_cache)} if self.kv_cache else {}),
             )
-        seconds = (time.perf_counter() - t0) / len(batch)
+        elapsed = time.perf_counter() - t0
+        seconds = elapsed / len(batch)
         eos = self.model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
         outputs = []
@@ -133,7 +142,44 @@ class HFEngine(Engine):
                 new, finish = new[:limit], "length"
             text = self.tokenizer.decode(new, skip_special_tokens=True)
             outputs.append(Output(s.id, text, s.n_tokens, len(new), seconds, finish))
+        if elapsed > 0:
+            self._batch_rates.append((sum(s.n_tokens for s in batch) / elapsed,
+                                      sum(o.n_output_tokens for o in outputs) / elapsed))
         return outputs
+
+    def resources(self) -> dict:
+        from ..meter import read_proc_status
+        from .base import kv_bytes_per_token
+
+        out: dict = {"caveats": []}
+        if self.model is not None:  # parameters and buffers as loaded (bitsandbytes: packed)
+            out["weights_memory_bytes"] = int(self.model.get_memory_footprint())
+        if self.device.startswith("cuda"):
+            out.update(peak_memory_bytes=int(self._torch.cuda.max_memory_allocated()), memory_kind="cuda",
+                       memory_note="peak of torch's CUDA allocator while this engine ran (weights, activations, "
+                                   "KV cache)")
+        else:
+            status = read_proc_status()
+            out.update(peak_memory_bytes=status.get("VmHWM"), memory_kind="rss",
+                       memory_note=f"peak resident memory of the process while this engine ran (it held "
+                                   f"{(self._rss_before or 0) / 2**20:.0f} MiB before loading: Python, torch, "
+                                   "tokenizer)")
+        dtype = self.info.settings["dtype"]
+        per_token = None if self.model is None else kv_bytes_per_token(self.model.config.to_dict(), dtype)
+        note = f"computed from the model config: 2 x layers x KV heads x head size x {dtype} bytes"
+        if self.kv_cache and per_token:  # quantized cache: nbits per element (scales and its residual window aside)
+            nbits = int(self.kv_cache.get("nbits", 4))
+            per_token = kv_bytes_per_token(self.model.config.to_dict(), "int8") * nbits // 8
+            note = f"computed from the model config at {nbits} bits per element (scales and the recent tokens kept " \
+                   "in full precision not counted)"
+        out.update(kv_cache_bytes_per_token=per_token, kv_cache_note=note + " (transformers reports no cache pool)")
+        if self._batch_rates:
+            prompt, output = zip(*self._batch_rates)
+            out["engine_reported"] = {
+                "source": "each generate() batch timed on its own",
+                "prompt_tokens_per_second": [round(min(prompt), 2), round(max(prompt), 2)],
+                "output_tokens_per_second": [round(min(output), 3), round(max(output), 3)]}
+        return out
 
     def _release_cache(self) -> None:
         gc.collect()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import multiprocessing
 import os
+import re
 import queue
 import signal
 import tempfile
@@ -69,7 +70,8 @@ class _Runner:
         import vllm
 
         self.vllm = vllm
-        self.llm = vllm.LLM(model=model_path, **llm_arguments(settings))
+        # Stats on: vLLM then logs its own prompt and generation throughput every 10 s (read back by `resources`).
+        self.llm = vllm.LLM(model=model_path, **{"disable_log_stats": False, **llm_arguments(settings)})
         self.engine = self.llm.llm_engine
         self.max_model_len = self.engine.model_config.max_model_len
         self.version = vllm.__version__
@@ -98,6 +100,35 @@ class _Runner:
                 position = int(str(out.request_id).split("-")[0])
                 done.append((position, first.text, len(first.token_ids), first.finish_reason or ""))
         return done
+
+    def stats(self) -> dict[str, Any]:
+        """The KV-cache bytes per token of this engine's cache (its dtype and the model's KV heads, as vLLM configured
+        them), and on CUDA the device's memory in use. Read defensively: these are vLLM internals."""
+        out: dict[str, Any] = {}
+        try:
+            config = self.engine.vllm_config
+            model, cache, parallel = config.model_config, config.cache_config, config.parallel_config
+            dtype = cache.cache_dtype if cache.cache_dtype != "auto" else str(model.dtype).removeprefix("torch.")
+            element = {"float32": 4, "bfloat16": 2, "float16": 2}.get(dtype, 1 if "fp8" in dtype else None)
+            if element:
+                layers = model.get_num_layers(parallel)
+                out["kv_cache_bytes_per_token"] = 2 * layers * model.get_num_kv_heads(parallel) * \
+                    model.get_head_size() * element
+                out["kv_cache_note"] = (f"vLLM's cache layout: 2 x {layers} layers x KV heads x head size x {dtype} "
+                                        "bytes per token")
+            blocks = getattr(cache, "num_gpu_blocks", None)
+            if blocks:
+                out["engine_reported"] = {"kv_cache_tokens": int(blocks) * int(cache.block_size)}
+        except Exception as exc:  # another vLLM version: the figure is missing, with the reason
+            out["caveats"] = [f"vLLM's cache layout could not be read ({type(exc).__name__}: {exc})"]
+        if str(self.engine.vllm_config.device_config.device).startswith("cuda"):
+            import torch
+
+            free, total = torch.cuda.mem_get_info()
+            out.update(peak_memory_bytes=int(total - free), memory_kind="cuda",
+                       memory_note="GPU memory in use on the device at the end of the stream: vLLM reserves "
+                                   "gpu_memory_utilization of it (weights and the whole KV-cache pool) up front")
+        return out
 
     def close(self) -> None:
         try:
@@ -138,6 +169,11 @@ def _worker(conn, log_path: str | None = None, env: dict[str, str] | None = None
             runner.close()
             conn.send(("closed", None))
             return
+        if command == "stats":
+            try:
+                conn.send(("stats", runner.stats()))
+            except BaseException:
+                conn.send(("error", traceback.format_exc()))
         if command == "stream":
             try:
                 _serve_stream(conn, runner)
@@ -388,6 +424,31 @@ class VLLMEngine(Engine):
             worker.kill()  # the whole group: vLLM's own processes too, even when the worker itself died first
         self._closed_worker = worker  # its log stays readable for an error message
 
+    def resources(self) -> dict[str, Any]:
+        """The runner's figures; on CPU, the peak RSS summed over the worker's process group (the worker and the
+        engine core vLLM starts), read from /proc."""
+        from ..meter import read_proc_status
+
+        if self._runner is not None:
+            out = self._runner.stats()
+            members = ["self"]
+        elif self._worker is not None:
+            self._send(("stats", None), "stats")
+            _, out = self._receive("stats", 60, "stats")
+            members = _group_members(self._worker.proc.pid)
+        else:
+            return {}
+        log = (self._worker.log if self._worker else None)
+        reported = _logged_throughput(log)
+        if reported:
+            out.setdefault("engine_reported", {}).update(reported)
+        if "peak_memory_bytes" not in out and members:
+            peaks = [read_proc_status(pid).get("VmHWM", 0) for pid in members]
+            out.update(peak_memory_bytes=sum(peaks) or None, memory_kind="rss",
+                       memory_note=f"peak resident memory summed over vLLM's {len(members)} processes (worker, engine "
+                                   "core); the KV-cache pool (kv_cache_space_gib) is reserved up front")
+        return out
+
     def stream(self, samples: Iterable[Sample]) -> Iterator[tuple[int, Output]]:
         """Answers as they finish. Each output's `seconds` is its share of the wall time between two reports (the
         shares add up to the stream's wall time: a per-sample cost, not a latency)."""
@@ -421,6 +482,25 @@ class VLLMEngine(Engine):
             now = time.perf_counter()
             yield from feed.answered(done, (now - last) / len(done))
             last = now
+
+
+_THROUGHPUT = re.compile(r"Avg prompt throughput: ([0-9.]+) tokens/s, Avg generation throughput: ([0-9.]+) tokens/s")
+
+
+def _logged_throughput(log: str | None) -> dict[str, Any]:
+    """The range of vLLM's own logged throughput (10-second averages while it was busy) from a worker's log."""
+    try:
+        text = open(str(log), encoding="utf-8", errors="replace").read() if log else ""
+    except OSError:
+        return {}
+    pairs = [(float(a), float(b)) for a, b in _THROUGHPUT.findall(text)]
+    pairs = [p for p in pairs if p[0] > 0 or p[1] > 0]
+    if not pairs:
+        return {}
+    prompt, output = zip(*pairs)
+    return {"source": "vLLM's log: average throughput per 10-second interval",
+            "prompt_tokens_per_second": [min(prompt), max(prompt)],
+            "output_tokens_per_second": [min(output), max(output)], "intervals": len(pairs)}
 
 
 class _Feed:
