@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 from .checkpoints.resolve import ResolvedCheckpoint
 from .errors import LongquantError
 from .meter import StreamMeter, stream_key
+from .progress import Progress, as_progress
 from .results import CellResult, ResultStore, SampleResult, cell_key
 from .samples import SampleBook
 from .schema import Cell
@@ -32,10 +33,10 @@ class CheckpointRunner:
     """Runs one checkpoint's cells on one engine setup; opens its engine on the first cell that is not cached."""
 
     def __init__(self, checkpoint: ResolvedCheckpoint, setup: EngineSetup, store: ResultStore, book: SampleBook,
-                 label: str | None = None, progress: Callable[[str], None] | None = None):
+                 label: str | None = None, progress: Progress | Callable[[str], None] | None = None):
         self.checkpoint, self.setup, self.store, self.book = checkpoint, setup, store, book
         self.label = label or checkpoint.name
-        self.progress = progress or (lambda _msg: None)
+        self.progress = as_progress(progress)
         self._engine = None
         self._start_error: EngineStartError | None = None
         self._identity: dict | None = None
@@ -138,6 +139,7 @@ class CheckpointRunner:
             else:
                 runnable.append(cell)
                 sizes[cell] = len(samples)
+        self.progress.stream_started(self.label, len(runnable), sum(sizes.values()))
         pending = {cell: {} for cell in runnable}  # cell -> position in the cell -> output
         origin: list[tuple[Cell, int]] = []  # stream position -> (cell, position in the cell)
 
@@ -153,6 +155,7 @@ class CheckpointRunner:
                 cell, index = origin[position]
                 pending[cell][index] = output
                 meter.add(cell, output.n_prompt_tokens, output.n_output_tokens, output.seconds)
+                self.progress.sample_done(self.label)
                 if len(pending[cell]) == sizes[cell]:
                     results[cell] = self._finish(cell, keys[cell], pending.pop(cell), engine, meter.t0)
                     locks.pop(cell).release()  # another process may take it from here
@@ -192,7 +195,7 @@ class CheckpointRunner:
                             self.book.seed, scorer_version=task.scorer_version, longquant_version=longquant_version(),
                             prompt=samples[0].metadata.get("prompt", {}) if samples else {})
         self.store.save(result)
-        self.progress(f"{self.label} {cell.id}: {result.mean_points:.1f} "
+        self.progress.cell_done(self.label, f"{self.label} {cell.id}: {result.mean_points:.1f} "
                       f"({len(samples)} samples, {time.perf_counter() - t0:.0f} s into the stream)")
         return result
 

@@ -36,6 +36,7 @@ _RUN = pytest.StashKey[GateRun]()
 _PROPS = pytest.StashKey[list]()
 _ROWS = pytest.StashKey["_Rows"]()
 _HEADER = pytest.StashKey[bool]()
+_POLLER = pytest.StashKey[Any]()
 _PREFIX = "lq_"
 
 
@@ -100,6 +101,8 @@ def pytest_configure(config: pytest.Config) -> None:
     # Under xdist: one checkpoint per worker group; a GPU slice per worker, set before CUDA initialises.
     if getattr(config.option, "dist", None) == "load" and getattr(config.option, "numprocesses", None):
         config.option.dist = "loadgroup"
+    if getattr(config.option, "numprocesses", None) and not _is_worker(config):
+        _start_poller(config)
     if getattr(config, "workerinput", {}).get("lq_loadgroup"):
         config.option.loadgroup = True  # workers read --dist from the command line, not from the controller
     if _is_worker(config):
@@ -112,6 +115,9 @@ def pytest_configure_node(node) -> None:
     """xdist controller, per worker: a worker tags tests with their xdist_group only if it knows it is loadgroup."""
     if node.config.getvalue("dist") == "loadgroup":
         node.workerinput["lq_loadgroup"] = True
+    found = node.config.stash.get(_POLLER, None)
+    if found is not None:
+        node.workerinput["lq_progress_dir"] = str(found[0])
 
 
 @pytest.hookimpl(tryfirst=True, optionalhook=True)
@@ -271,15 +277,7 @@ def gate_run(config: pytest.Config, near: Path | None = None) -> GateRun:
             cfg: Config = load_config(path)
         except ConfigError as exc:
             raise pytest.UsageError(str(exc)) from None
-        reporter = config.pluginmanager.get_plugin("terminalreporter")
-        progress = None
-        if reporter is not None and not _is_worker(config):
-            capture = config.pluginmanager.get_plugin("capturemanager")
-
-            def progress(msg: str) -> None:
-                # Runs inside tests (models load lazily there): without this, output capture would swallow it.
-                with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-                    reporter.write_line(f"longquant: {msg}")
+        progress = _progress(config)
         baseline_dir = _opt(config, "baseline_dir")
         allowed = [r.strip() for item in config.getoption("--lq-allow-not-gated") for r in item.split(",") if r.strip()]
         try:
@@ -292,6 +290,62 @@ def gate_run(config: pytest.Config, near: Path | None = None) -> GateRun:
         except LongquantError as exc:  # a bad engine setting or not-gated reason: before anything runs
             raise pytest.UsageError(str(exc)) from None
     return config.stash[_RUN]
+
+
+def _progress(config: pytest.Config):
+    """Where this process's run events go: a worker's file for the controller; else a live rich board on a terminal,
+    or one line per finished cell under CI or without a terminal."""
+    from .progress import Board, Messages, WorkerFile, quiet
+
+    if _is_worker(config):
+        folder = config.workerinput.get("lq_progress_dir")
+        worker = str(config.workerinput.get("workerid", "gw"))
+        return WorkerFile(Path(folder) / f"{worker}.json", worker) if folder else None
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return None
+    capture = config.pluginmanager.get_plugin("capturemanager")
+
+    def guard():  # runs inside tests (models load lazily there): without this, output capture would swallow it
+        return capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
+
+    if quiet() or not getattr(reporter, "isatty", False):
+        def write(msg: str) -> None:
+            with guard():
+                reporter.write_line(f"longquant: {msg}")
+
+        return Messages(write)
+    from rich.console import Console
+
+    return Board(Console(force_terminal=True), guard=guard)
+
+
+def _start_poller(config: pytest.Config) -> None:
+    """xdist controller: a thread shows the workers' progress files as they change."""
+    import tempfile
+
+    from .progress import Board, Messages, Poller, quiet
+
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return
+    folder = Path(tempfile.mkdtemp(prefix="longquant-progress-"))
+    if quiet() or not getattr(reporter, "isatty", False):
+        sink = Messages(lambda msg: reporter.write_line(f"longquant: {msg}"))
+    else:
+        from rich.console import Console
+
+        sink = Board(Console(force_terminal=True))
+    config.stash[_POLLER] = (folder, Poller(folder, sink).start())
+
+
+def _stop_poller(config: pytest.Config) -> None:
+    found = config.stash.get(_POLLER, None)
+    if found is not None:
+        folder, poller = found
+        poller.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+        del config.stash[_POLLER]
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
@@ -443,8 +497,10 @@ class _Rows:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
+    _stop_poller(config)
     if _RUN in config.stash:
         config.stash[_RUN].close()
+        config.stash[_RUN].progress.close()
     rows = config.stash[_ROWS].rows
     if _is_worker(config) or not rows:
         return

@@ -27,6 +27,7 @@ from .lineup import REFERENCE, Lineup
 from .messages import RefreshCommands, failure_message, header, toml_inline
 from .plan import (NOT_GATED_REASONS, Case, NotGated, PlannedCheckpoint, check_allowed, plan_cases, plan_cells,
                    resolve_buckets)
+from .progress import Progress, as_progress
 from .results import ResultStore
 from .samples import SampleBook
 from .schema import Cell, bucket_label
@@ -43,7 +44,7 @@ class GateRun:
     def __init__(self, config: Config, *, engine: str | None = None, limit: int | None = None,
                  seed: int | None = None, mode: str | None = None, tolerances: dict[str, float] | None = None,
                  baseline_dir: Path | None = None, update: str | None = None,
-                 progress: Callable[[str], None] | None = None, allow_not_gated: Sequence[str] = (),
+                 progress: Progress | Callable[[str], None] | None = None, allow_not_gated: Sequence[str] = (),
                  invocation: Sequence[str] = ()):
         g = config.gate
         self.config = config
@@ -65,7 +66,7 @@ class GateRun:
         self.device = resolve_device(g.device) if self.engine_kind != "openai" else "server"
         self.results = ResultStore(config.results_dir)
         self.baseline_root = Path(baseline_dir or config.baseline_dir)
-        self.progress = progress or (lambda _msg: None)
+        self.progress = as_progress(progress)
         self.commands = RefreshCommands(tuple(invocation))
         self.lineup = Lineup(config, self.device, self.engine_for)
         self._check_engine_settings()

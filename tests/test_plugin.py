@@ -34,27 +34,6 @@ def shared_results(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("results")
 
 
-@pytest.fixture(scope="module")
-def damaged(demo_path, tmp_path_factory) -> Path:
-    """The demo model with every Linear weight rounded to 3 levels per row: a deliberately broken candidate."""
-    import shutil
-
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    out = tmp_path_factory.mktemp("damaged")
-    for f in Path(demo_path).iterdir():
-        if f.suffix != ".safetensors" and f.is_file():
-            shutil.copy(f, out / f.name)
-    tensors = load_file(str(next(Path(demo_path).glob("*.safetensors"))))
-    for name, t in tensors.items():
-        if t.ndim == 2 and "embed" not in name:
-            scale = t.abs().amax(dim=1, keepdim=True).clamp(min=1e-8)
-            tensors[name] = (torch.round(t / scale) * scale).to(t.dtype).contiguous()
-    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
-    return out
-
-
 def write_config(pytester, demo_path, results, *, candidates: str, tasks=("niah_single_1",), buckets=("1K",),
                  languages=("en",), samples=6, extra="") -> None:
     def toml_list(xs):

@@ -1,10 +1,4 @@
-"""`longquant` command line.
-
-  longquant demo                 build the demo task suite with the demo model's tokenizer, print a summary
-  longquant suite --model M ...  the same for any model (local path, hub id, or `demo`)
-  longquant tasks | languages    list what exists
-  longquant report RESULTS       a results folder's summary as Markdown (a pull-request comment)
-"""
+"""`longquant suite`, `tasks`, `languages`: what the task suite builds for a model's tokenizer, and what exists."""
 
 from __future__ import annotations
 
@@ -18,8 +12,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from .errors import LongquantError
-from .schema import bucket_label
+from ..errors import LongquantError
+from ..schema import bucket_label
 
 console = Console()
 
@@ -31,7 +25,7 @@ def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
-def _add_suite_args(p: argparse.ArgumentParser, defaults: dict) -> None:
+def add_suite_args(p: argparse.ArgumentParser, defaults: dict) -> None:
     p.add_argument("--tasks", type=_csv, default=defaults.get("tasks"), help="comma-separated task names, or all")
     p.add_argument("--buckets", type=_csv, default=defaults.get("buckets"), help="e.g. 1K,4K,32K, or all")
     p.add_argument("--languages", type=_csv, default=defaults.get("languages"), help="e.g. en,de,zh, or all")
@@ -45,60 +39,8 @@ def _add_suite_args(p: argparse.ArgumentParser, defaults: dict) -> None:
                    help="cell id whose first prompt to print (default: the first cell)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="longquant", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="build the demo suite with the embedded SmolLM2-135M-Instruct tokenizer")
-    _add_suite_args(demo, {"buckets": DEMO_BUCKETS, "n": DEMO_N})
-    suite = sub.add_parser("suite", help="build the task suite with a model's tokenizer and summarize it")
-    suite.add_argument("--model", required=True, help="local checkpoint path, hub id, or `demo`")
-    suite.add_argument("--trust-remote-code", action="store_true", help="allow the tokenizer's own code (opt-in)")
-    suite.add_argument("--no-chat-template", action="store_true", help="plain prompts for base models")
-    _add_suite_args(suite, {"n": DEMO_N})
-    report = sub.add_parser("report", help="render a results folder's summary (Markdown, for a PR comment)")
-    report.add_argument("results", help="the results folder (results_dir of the config; has summary.json)")
-    report.add_argument("-o", "--output", default=None, help="write to this file instead of stdout")
-    sub.add_parser("tasks", help="list tasks")
-    sub.add_parser("languages", help="list languages")
-    prune = sub.add_parser("prune-samples", help="delete cached sample sets not used for a number of days")
-    prune.add_argument("--unused-days", type=float, required=True, help="age in days since a set was last used")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "tasks":
-            return _list_tasks()
-        if args.command == "languages":
-            return _list_languages()
-        if args.command == "prune-samples":
-            from .samples import prune_samples
-
-            files, size = prune_samples(args.unused_days)
-            console.print(f"removed {files} sample sets ({size / 2**20:.1f} MiB) unused for {args.unused_days:g} days")
-            return 0
-        if args.command == "report":
-            from .report.markdown import load_summary, render_markdown
-
-            text = render_markdown(load_summary(args.results))
-            if args.output:
-                from .storage import write_text_atomic
-
-                write_text_atomic(Path(args.output), text)
-                console.print(f"wrote {args.output}")
-            else:
-                sys.stdout.write(text)
-            return 0
-        if args.command == "demo":
-            args.model, args.trust_remote_code, args.no_chat_template = "demo", False, False
-        return _suite(args)
-    except LongquantError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
-        return 2
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]")
-        return 130
-
-
-def _list_tasks() -> int:
-    from .tasks.base import get_task, task_names
+def list_tasks() -> int:
+    from ..tasks.base import get_task, task_names
 
     table = Table("task", "version", "metric", "description")
     for name in task_names():
@@ -108,10 +50,9 @@ def _list_tasks() -> int:
     return 0
 
 
-def _list_languages() -> int:
-    from .text.languages import LANGUAGES, load_language
-
-    from .text.haystack import builtin_source
+def list_languages() -> int:
+    from ..text.haystack import builtin_source
+    from ..text.languages import LANGUAGES, load_language
 
     table = Table("code", "language", "direction", "none", "prose sentences")
     for code in LANGUAGES:
@@ -122,14 +63,14 @@ def _list_languages() -> int:
     return 0
 
 
-def _suite(args: argparse.Namespace) -> int:
-    from .checkpoints.demo import resolve_model_source
-    from .checkpoints.info import max_context_length
-    from .plan import plan_cells
-    from .samples import load_or_generate
-    from .tasks.base import TextSources, get_task
-    from .text.fitting import FitError
-    from .text.tokens import PromptTokenizer
+def suite(args: argparse.Namespace) -> int:
+    from ..checkpoints.demo import resolve_model_source
+    from ..checkpoints.info import max_context_length
+    from ..plan import plan_cells
+    from ..samples import load_or_generate
+    from ..tasks.base import TextSources, get_task
+    from ..text.fitting import FitError
+    from ..text.tokens import PromptTokenizer
 
     corpora = {}
     for item in args.corpus:
@@ -208,5 +149,3 @@ def _suite(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
