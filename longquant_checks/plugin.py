@@ -52,6 +52,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="per-cell tolerance override, e.g. 4-bit=8 (repeatable)")
     group.addoption("--lq-baseline-dir", help="baseline folder (overrides config)")
     group.addoption("--lq-report", help="also write the run's JSON summary to this path")
+    group.addoption("--lq-no-reports", action="store_true",
+                    help="do not write report.md, report.html and report.json into the results folder")
     group.addoption("--lq-update-baselines", choices=list(UPDATE_MODES),
                     help="re-run the reference and rewrite baselines: missing | failed (missing or mismatched) | all "
                          "(selected tests only)")
@@ -321,15 +323,20 @@ def _progress(config: pytest.Config):
 
 
 def _start_poller(config: pytest.Config) -> None:
-    """xdist controller: a thread shows the workers' progress files as they change."""
+    """xdist controller: a thread shows the workers' progress files as they change (the folder is made at configure
+    time, before xdist sets up its workers; the thread starts with the session, once the terminal reporter exists)."""
     import tempfile
 
     from .progress import Board, Messages, Poller, quiet
 
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is None:
+    found = config.stash.get(_POLLER, None)
+    if found is None:
+        config.stash[_POLLER] = (Path(tempfile.mkdtemp(prefix="longquant-progress-")), None)
         return
-    folder = Path(tempfile.mkdtemp(prefix="longquant-progress-"))
+    folder, poller = found
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if poller is not None or reporter is None:
+        return
     if quiet() or not getattr(reporter, "isatty", False):
         sink = Messages(lambda msg: reporter.write_line(f"longquant: {msg}"))
     else:
@@ -339,11 +346,18 @@ def _start_poller(config: pytest.Config) -> None:
     config.stash[_POLLER] = (folder, Poller(folder, sink).start())
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if _POLLER in session.config.stash:
+        _start_poller(session.config)
+
+
 def _stop_poller(config: pytest.Config) -> None:
     found = config.stash.get(_POLLER, None)
     if found is not None:
         folder, poller = found
-        poller.stop()
+        if poller is not None:
+            poller.stop()
         shutil.rmtree(folder, ignore_errors=True)
         del config.stash[_POLLER]
 
@@ -526,6 +540,25 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         from .storage import write_text_atomic
 
         write_text_atomic(Path(report), path.read_text(encoding="utf-8"))
+    if not config.getoption("--lq-no-reports"):
+        config.stash[_PROPS].append(("reports", _write_reports(run.results.root)))
+
+
+def _write_reports(folder: Path) -> str:
+    """report.md, report.html and report.json beside summary.json; a report that cannot be made never fails the run."""
+    from .report.data import build_report
+    from .report.html import render_html
+    from .report.markdown import load_summary, render_markdown
+    from .storage import write_text_atomic
+
+    try:
+        report = build_report(folder)
+        write_text_atomic(folder / "report.md", render_markdown(load_summary(folder), report.efficiency()))
+        write_text_atomic(folder / "report.json", report.to_json())
+        write_text_atomic(folder / "report.html", render_html(report))
+    except Exception as exc:  # noqa: BLE001 - the gate's verdicts stand without their rendering
+        return f"reports not written ({type(exc).__name__}: {exc}); `longquant report {folder}` retries"
+    return f"reports: {folder / 'report.html'} (also report.md, report.json)"
 
 
 def _summary(rows: list[dict[str, Any]], unused: list) -> dict[str, Any]:
@@ -559,6 +592,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
             terminalreporter.write_line(f"longquant: pruned {len(cells)} unused baseline entries: {', '.join(cells)}")
     if _RUN in config.stash:
         terminalreporter.write_line(f"longquant: results in {config.stash[_RUN].results.root}")
+    for name, line in config.stash.get(_PROPS, []):
+        if name == "reports":
+            terminalreporter.write_line(f"longquant: {line}")
 
 
 def plugin_args() -> list[str]:

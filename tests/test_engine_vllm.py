@@ -38,7 +38,12 @@ def _live_in_group(pgid: int) -> list[int]:
     return found
 
 
-def test_vllm_streams_answers_like_transformers_and_frees_its_worker(demo_path, samples):
+def test_vllm_streams_answers_like_transformers_and_frees_its_worker(demo_path, samples, monkeypatch):
+    import time
+
+    from longquant_checks.engines.base import cpu_dtype
+
+    monkeypatch.setenv("VLLM_LOG_STATS_INTERVAL", "1")  # vLLM's own throughput log, every second (read by resources)
     task, batch = samples
     # One prompt in flight at a time (the budget is below two prompts): the stream feeds the worker as answers
     # come back. prewarm: a spare worker imports vLLM meanwhile, and the next engine starts in it.
@@ -55,7 +60,16 @@ def test_vllm_streams_answers_like_transformers_and_frees_its_worker(demo_path, 
     vllm_out = [o for _, o in sorted(streamed, key=lambda pair: pair[0])]
     with open_engine("vllm", str(demo_path), max_model_len=8192) as engine:  # the whole plan in flight at once
         assert engine.prewarmed and engine._proc.pid == spare
+        t0 = time.perf_counter()
         at_once = engine.generate(batch)
+        prompt_rate = sum(s.n_tokens for s in batch) / (time.perf_counter() - t0)
+        # The efficiency figures (report): vLLM's cache layout, the RSS of its processes, its own logged throughput.
+        used = engine.resources()
+        assert used["kv_cache_bytes_per_token"] == 30 * 3 * 64 * 2 * (2 if cpu_dtype() == "bfloat16" else 4)
+        assert used["memory_kind"] == "rss" and used["peak_memory_bytes"] > 2**30
+        low, high = used["engine_reported"]["prompt_tokens_per_second"]
+        print(f"prompt tokens/s: measured {prompt_rate:.0f}, vLLM's own 1-second averages {low:.0f}-{high:.0f}")
+        assert 0 < low <= high and 0.5 * low <= prompt_rate <= 1.5 * high
         # A worker that dies (here: SIGKILL, what the out-of-memory killer sends) is reported as such, with its log.
         os.kill(engine._proc.pid, signal.SIGKILL)
         with pytest.raises(EngineError, match="died during generation .exit code -9; killed by SIGKILL"):

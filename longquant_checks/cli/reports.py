@@ -13,13 +13,13 @@ FORMATS = {"markdown": "report.md", "html": "report.html", "json": "report.json"
 
 
 def render(results: str, fmt: str) -> str:
-    if fmt == "markdown":
-        from ..report.markdown import load_summary, render_markdown
-
-        return render_markdown(load_summary(results))
     from ..report.data import build_report
 
     report = build_report(results)
+    if fmt == "markdown":
+        from ..report.markdown import load_summary, render_markdown
+
+        return render_markdown(load_summary(results), report.efficiency())
     if fmt == "json":
         return report.to_json()
     from ..report.html import render_html

@@ -130,6 +130,11 @@ class Report(BaseModel):
 
     model_config = {"populate_by_name": True}
 
+    def efficiency(self) -> dict[str, Efficiency]:
+        """Each checkpoint's measured costs, the reference first where it ran in this folder."""
+        found = {"reference": self.reference_efficiency} if self.reference_efficiency else {}
+        return {**found, **{c.name: c.efficiency for c in self.candidates if c.efficiency}}
+
     def to_json(self) -> str:
         return self.model_dump_json(by_alias=True, indent=2) + "\n"
 
@@ -211,7 +216,8 @@ def _drop(test: Test, per_cell: int) -> Drop:
                                 candidate_score=s.get("score", 0.0), prompt_head=s.get("prompt_head", ""),
                                 prompt_tail=s.get("prompt_tail", ""), n_prompt_tokens=s.get("n_prompt_tokens", 0)))
     # The samples the candidate lost first, then those it gained, then the rest.
-    views.sort(key=lambda v: -((v.reference_score or 0) - v.candidate_score))
+    views.sort(key=lambda v: 0 if v.candidate_score < (v.reference_score or 0) else
+               1 if v.candidate_score > (v.reference_score or 0) else 2)
     return Drop(test=test.id, checkpoint=test.checkpoint, delta=test.delta or 0.0, status=test.status,
                 samples=views[:per_cell])
 
@@ -254,7 +260,7 @@ def _weights_saved(eff: Efficiency, reference: dict[str, Any]) -> float | None:
     params = reference.get("parameters")
     if not eff.weights_memory_bytes or not params or dtype not in _DTYPE_BYTES:
         return None
-    return round(100 * (1 - eff.weights_memory_bytes / (params * _DTYPE_BYTES[dtype])), 1)
+    return round(100 * (1 - eff.weights_memory_bytes / (params * _DTYPE_BYTES[dtype])), 1) + 0.0  # no -0.0
 
 
 def build_report(results_dir: str | Path, drops: int = 6, samples_per_drop: int = 8) -> Report:

@@ -103,9 +103,9 @@ def _efficiency_rows(items: list[tuple[str, Efficiency | None]]) -> list[list[st
         per_sample = ", ".join(f"{b} {v:.2f} s" for b, v in e.seconds_per_sample.items())
         reported = e.engine_reported
         engine_range = ""
-        if reported.get("prompt_tokens_per_second"):
-            low, high = reported["prompt_tokens_per_second"]
-            engine_range = f"{low:.0f}-{high:.0f}"
+        if reported.get("prompt_tokens_per_second") and reported.get("output_tokens_per_second"):
+            (low, high), (out_low, out_high) = reported["prompt_tokens_per_second"], reported["output_tokens_per_second"]
+            engine_range = f"prompt {low:.0f}-{high:.0f}, output {out_low:.1f}-{out_high:.1f}"
         rows.append([_e(name), _e(f"{e.engine.get('kind')} {e.engine.get('version', '')} on {e.engine.get('device')}"),
                      _f(e.prompt_tokens_per_second, "{:.0f}"), _e(engine_range), _f(e.output_tokens_per_second, "{:.1f}"),
                      _e(per_sample), _e(_bytes(e.peak_memory_bytes)) + f' <span class="note">{_e(e.memory_kind)}</span>',
@@ -152,9 +152,11 @@ def render_html(report: Report) -> str:
     tasks = list(dict.fromkeys(t.task for c in report.candidates for t in c.tests if t.task))
     body.append("<h2>Where it degrades: delta over bucket x language</h2>")
     body.append('<p class="note">Blue: the candidate scores higher, red: lower; outlined: the cell fails the gate.</p>')
-    for c in report.candidates:
-        figs = [plots.heatmap(c, task) for task in tasks if any(t.task == task and t.level == "cell" for t in c.tests)]
-        body.append(f"<h3>{_e(c.name)}</h3><div class=\"figs\">{''.join(figs)}</div>")
+    languages, limit = plots.languages_of(report), plots.delta_limit(report)
+    for task in tasks:  # one row per task, the candidates side by side on one colour scale
+        figs = [plots.heatmap(c, task, languages, limit) for c in report.candidates
+                if any(t.task == task and t.level == "cell" for t in c.tests)]
+        body.append(f"<h3>{_e(task)}</h3><div class=\"figs\">{''.join(figs)}</div>")
     body.append("<h2>Accuracy vs input length</h2>")
     body.append('<div class="figs">' + "".join(plots.curves(report, task) for task in tasks) + "</div>")
     body.append("<h2>Every test</h2>")

@@ -99,7 +99,24 @@ def _run_section(run: dict[str, Any] | None, rows: list[dict[str, Any]]) -> list
     return out if len(out) > 3 else []
 
 
-def render_markdown(summary: dict[str, Any]) -> str:
+def _efficiency_section(efficiency: dict[str, Any]) -> list[str]:
+    """One line per checkpoint measured in this folder (report/data.py's Efficiency)."""
+    if not efficiency:
+        return []
+    out = ["", "### Efficiency (measured in the run)", "", "| checkpoint | engine | prompt tok/s | output tok/s | "
+           "peak memory | weights saved | KV bytes/token |", "|---|---|---:|---:|---:|---:|---:|"]
+    caveats = []
+    for name, e in efficiency.items():
+        peak = f"{e.peak_memory_bytes / 2**30:.2f} GiB {e.memory_kind}" if e.peak_memory_bytes else "-"
+        saved = f"{e.weights_saved:.0f}%" if e.weights_saved is not None else "-"
+        out.append(f"| {name} | {e.engine.get('kind')} on {e.engine.get('device')} | "
+                   f"{e.prompt_tokens_per_second or 0:.0f} | {e.output_tokens_per_second or 0:.1f} | {peak} | {saved} | "
+                   f"{e.kv_cache_bytes_per_token or '-'} |")
+        caveats += [f"- {name}: {c}" for c in e.caveats]
+    return out + (["", *caveats] if caveats else [])
+
+
+def render_markdown(summary: dict[str, Any], efficiency: dict[str, Any] | None = None) -> str:
     rows = [r for r in summary["tests"] if "lq_checkpoint" in r]
     counts = summary.get("counts", {})
     out = ["## longquant gate: " + ", ".join(f"{counts[k]} {k}" for k in
@@ -133,6 +150,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
     changes = list(dict.fromkeys(r["lq_baseline_change"] for r in rows if r.get("lq_baseline_change")))
     if changes:
         out += ["", "### Baselines updated by this run", "", *[f"- {c}" for c in changes]]
+    out += _efficiency_section(efficiency or {})
     out += _run_section(summary.get("run"), rows)
     out += ["", "Delta and CI in accuracy points (candidate - reference); recovery = candidate / reference; p adjusted "
             "by Holm over the candidate's planned family."]

@@ -35,20 +35,31 @@ def _buckets(labels) -> list[str]:
     return sorted(set(labels), key=lambda b: BUCKETS.get(b, 0))
 
 
-def heatmap(candidate: Candidate, task: str) -> str:
+def languages_of(report: Report) -> list[str]:
+    """The plan's language order (the config's), then any other language found in the tests."""
+    found = [t.language for c in report.candidates for t in c.tests if t.level == "cell" and t.language]
+    return list(dict.fromkeys([*(x for x in report.run.get("languages", []) if x in found), *found]))
+
+
+def delta_limit(report: Report) -> float:
+    """One colour scale for every heatmap of a report (at least +-10 points), so equal colours mean equal deltas."""
+    deltas = [abs(t.delta) for c in report.candidates for t in c.tests if t.level == "cell" and t.delta is not None]
+    return max([10.0, *deltas])
+
+
+def heatmap(candidate: Candidate, task: str, languages: list[str], limit: float) -> str:
     """Delta (points) over bucket x language for one candidate and task; failing cells outlined, values written."""
     plt = _pyplot()
     cells = [t for t in candidate.tests if t.level == "cell" and t.task == task]
     buckets = _buckets(t.bucket for t in cells)
-    languages = list(dict.fromkeys(t.language for t in cells))
+    languages = [x for x in languages if any(t.language == x for t in cells)]
     import numpy as np
 
     grid = np.full((len(languages), len(buckets)), np.nan)
     for t in cells:
         if t.delta is not None:
             grid[languages.index(t.language), buckets.index(t.bucket)] = t.delta
-    fig, ax = plt.subplots(figsize=(1.3 + 1.1 * len(buckets), 0.9 + 0.55 * len(languages)))
-    limit = max(10.0, float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 10.0)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(buckets), 1.0 + 0.55 * len(languages)))
     image = ax.imshow(grid, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
     ax.set_xticks(range(len(buckets)), buckets)
     ax.set_yticks(range(len(languages)), languages)
@@ -60,7 +71,7 @@ def heatmap(candidate: Candidate, task: str) -> str:
                 color="white" if t.delta is not None and abs(t.delta) > 0.6 * limit else "black")
         if t.status == "fail":
             ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2.5))
-    ax.set_title(f"{candidate.name}: {task}, delta (points)", fontsize=10)
+    ax.set_title(f"{candidate.name} ({candidate.precision or '?'}): {task}\ndelta, points", fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.05, pad=0.03)
     return _svg(fig)
 
@@ -71,7 +82,7 @@ def curves(report: Report, task: str) -> str:
     cells = [t for c in report.candidates for t in c.tests if t.level == "cell" and t.task == task
              and t.reference is not None]
     buckets = _buckets(t.bucket for t in cells)
-    languages = list(dict.fromkeys(t.language for t in cells))
+    languages = [x for x in languages_of(report) if any(t.language == x for t in cells)]
     panels = languages + (["all"] if len(languages) > 1 else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 2.8), sharey=True, squeeze=False)
     for ax, language in zip(axes[0], panels):
@@ -82,7 +93,7 @@ def curves(report: Report, task: str) -> str:
 
         # The reference's accuracy per bucket (the same baseline for every candidate of one engine setup).
         ref = [mean([t.reference for t in mine if t.bucket == b]) for b in buckets]
-        ax.plot(buckets, ref, color="black", linestyle="--", marker="o", label="reference")
+        ax.plot(buckets, ref, color="black", linestyle="--", marker="o", label="reference", zorder=5)
         for candidate in report.candidates:
             values = [mean([t.candidate for t in mine if t.bucket == b and t.checkpoint == candidate.name
                             and t.candidate is not None]) for b in buckets]
@@ -93,7 +104,7 @@ def curves(report: Report, task: str) -> str:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("accuracy (%)")
     axes[0][-1].legend(fontsize=8, loc="best")
-    fig.suptitle(f"{task}: accuracy vs input length", fontsize=11)
+    fig.suptitle(f"{task}: accuracy vs input length", fontsize=11, y=1.04)
     return _svg(fig)
 
 
