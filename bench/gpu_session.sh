@@ -5,6 +5,7 @@
 #   bash bench/gpu_session.sh harness   # bench/harness_overhead.py: the gate vs bare LLM.generate, same prompts
 #   bash bench/gpu_session.sh gate      # tests/gpu/test_gate_cuda.py: fixtures/gpu.toml end to end, twice
 #   bash bench/gpu_session.sh long [N] [candidates]  # bench/long_context.py on fixtures/gpu-128k.toml, N per cell
+#   bash bench/gpu_session.sh reports   # longquant baseline + run + report on a small CUDA plan: efficiency on CUDA
 # A produced GPTQ int4 checkpoint carried from a CPU machine: LONGQUANT_GPU_GPTQ_W4A16=<folder>.
 set -uo pipefail
 out=${OUT:-/tmp/out}; mkdir -p "$out"
@@ -18,7 +19,35 @@ case "${1:-}" in
         python3 bench/long_context.py fixtures/gpu-128k.toml --samples "${2:-4}" --out /tmp/long "${ready[@]}" \
           ${3:+--only "$3"} > "$out/long.log" 2>&1
         cp /tmp/long/figures.json /tmp/long/gate.log "$out/" 2>/dev/null ;;
-  *) echo "usage: $0 engines|harness|gate|long [N]"; exit 2 ;;
+  reports) mkdir -p /tmp/eff && cat > /tmp/eff/longquant.toml <<'TOML'
+reference = "demo"
+engine = "vllm"
+device = "cuda"
+engine_args = { max_model_len = 8192, enforce_eager = true }
+tasks = ["niah_single_2", "niah_single_3"]
+buckets = ["4K", "8K"]
+languages = ["en", "es"]
+samples = 20
+seed = 0
+baseline_dir = "/tmp/eff/baselines"
+results_dir = "/tmp/eff/results"
+
+[[candidates]]
+name = "fp8"
+recipe = "fp8-inflight"
+
+[[candidates]]
+name = "bnb_nf4"
+recipe = "bnb-nf4"
+engine = "hf"
+engine_args = { batch_size = 40 }
+TOML
+        { python3 -m longquant_checks.cli baseline --config /tmp/eff/longquant.toml; echo "baseline exit $?"
+          python3 -m longquant_checks.cli run --config /tmp/eff/longquant.toml; echo "run exit $?"
+          python3 -m longquant_checks.cli report /tmp/eff/results --format all -o "$out/reports"; echo "report exit $?"
+        } > "$out/reports.log" 2>&1
+        cp -r /tmp/eff/results/efficiency "$out/" 2>/dev/null ;;
+  *) echo "usage: $0 engines|harness|gate|long [N]|reports"; exit 2 ;;
 esac
 code=$?
 tail -n 40 "$out/${1}.log"

@@ -390,6 +390,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             cases = run.cases()
         except LongquantError as exc:
             raise pytest.UsageError(f"longquant: {exc}") from None
+        if not cases:  # an empty plan would pass as one skipped test: nothing gated is not a pass
+            raise pytest.UsageError(f"longquant: {run.config.path} plans no gate test: add [[candidates]] (or "
+                                    "rerun_reference = true), and at least one task, bucket and language")
         params = [pytest.param(c, id=c.id, marks=[pytest.mark.xdist_group(c.checkpoint), pytest.mark.longquant])
                   for c in cases]
         metafunc.parametrize("lq_cell", params, indirect=True)
@@ -478,6 +481,10 @@ def _record(item: pytest.Item, o: Outcome, run: GateRun) -> None:
                   ("lq_mdd", round(v.min_detectable_drop, 2)), ("lq_stale", v.stale)]
         if v.warnings:
             props.append(("lq_warnings", " | ".join(v.warnings)))
+    try:  # the checkpoint's precision class, as the gate used it (a checkpoint that cannot be resolved has none)
+        props.append(("lq_precision", run.precision_of(case.checkpoint)))
+    except LongquantError:
+        pass
     if o.case.cell is not None:
         c = o.case.cell
         props += [("lq_task", c.task), ("lq_bucket", c.bucket), ("lq_language", c.language)]

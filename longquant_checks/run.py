@@ -91,7 +91,11 @@ class GateRun:
         from .checkpoints.info import parameter_count
         from .meter import weights_on_disk
 
-        return {name: {"precision": c.precision if name != REFERENCE else "16-bit", "fingerprint": c.fingerprint,
+        try:  # the reference is resolved here even where only xdist workers ran (a local folder: cheap)
+            self.reference
+        except LongquantError:
+            pass
+        return {name: {"precision": c.precision, "fingerprint": c.fingerprint,
                        "recipe": c.recipe or (c.produced or {}).get("recipe"), "parameters": parameter_count(c.path),
                        "size_on_disk_bytes": weights_on_disk(c.path) or None}
                 for name, c in self.lineup.resolved().items()}

@@ -48,7 +48,7 @@ def write_config(folder: Path, candidates: list[dict], **overrides) -> Path:
     """The demo plan with other candidates and folders."""
     data = tomllib.loads(DEMO.read_text(encoding="utf-8"))
     data.pop("calibration")
-    data.update(baseline_dir=str(REPO / "baselines"), results_dir=str(folder / "results"), **overrides)
+    data.update({"baseline_dir": str(REPO / "baselines"), "results_dir": str(folder / "results"), **overrides})
     lines = [f"{k} = {_toml(v)}" for k, v in data.items() if k != "candidates"]
     for c in candidates:
         lines += ["", "[[candidates]]", *(f"{k} = {_toml(v)}" for k, v in c.items())]
@@ -80,7 +80,8 @@ def test_run_exits_0_on_a_pass_and_1_on_regressions(runs):
 
 def test_xdist_controller_shows_each_workers_cells_one_line_each_in_ci(runs):
     _, out = runs
-    lines = [line for line in out["bad"].stdout.splitlines() if line.startswith("longquant: [gw")]
+    # (a line may follow pytest's progress dots on the same terminal line: the poller writes from its own thread)
+    lines = [line[line.index("longquant: [gw"):] for line in out["bad"].stdout.splitlines() if "longquant: [gw" in line]
     cells = [line for line in lines if "niah_single_3-" in line and "samples," in line]
     assert len(cells) == 4, "\n".join(lines)  # one line per finished cell, none twice
     assert any("engine ready" in line for line in lines)
@@ -149,7 +150,8 @@ def test_html_report_renders_in_a_real_browser(runs, tmp_path):
     html = root / "bad" / "report.html"
     assert longquant("report", root / "bad" / "results", "--format", "html", "-o", html).returncode == 0
     text = html.read_text()
-    assert "http://" not in text.replace("http://www.w3.org", "") and "https://" not in text  # nothing fetched
+    # Nothing to fetch (XML namespace names in the SVGs are names, not requests; the browser below logs any request).
+    assert not any(x in text for x in ('src="http', "src='http", 'href="http', "url(http", "@import", "<script"))
     if _chromium() is None:
         if os.environ.get("CI") == "true":
             pytest.fail("CI must test the HTML report in a real browser: install Debian's chromium (.ci/run does)")
@@ -207,15 +209,17 @@ def test_config_errors_missing_baselines_and_engine_crashes_have_their_codes(run
     assert longquant("run", "--config", tmp_path / "nope.toml").returncode == 2
 
 
-def test_baseline_writes_the_references_baselines(tmp_path, demo_path):
-    config = write_config(tmp_path, [], baseline_dir=str(tmp_path / "baselines"), languages=["en"], buckets=["1K"],
+def test_baseline_writes_the_references_baselines_then_the_gate_passes(tmp_path, demo_path):
+    same = [{"name": "same", "source": str(demo_path), "precision": "8-bit"}]
+    config = write_config(tmp_path, same, baseline_dir=str(tmp_path / "baselines"), languages=["en"], buckets=["1K"],
                           samples=2)
     out = longquant("baseline", "--config", config)
     assert out.returncode == 0, out.stdout[-3000:]
     (written,) = (tmp_path / "baselines").rglob("niah_single_3.jsonl")
     assert json.loads(written.read_text().splitlines()[0])["n"] == 2
-    nothing = longquant("run", "--config", config)  # no candidates: no test, which is not a pass
-    assert nothing.returncode == 2 and "selects no test" in nothing.stderr, nothing.stdout[-2000:]
+    assert longquant("run", "--config", config).returncode == 0
+    nothing = longquant("run", "--config", write_config(tmp_path / "empty", []))  # no candidates: no test
+    assert nothing.returncode == 2 and "plans no gate test" in nothing.stdout, nothing.stdout[-2000:]
 
 
 def test_quantize_prints_the_produced_checkpoint(demo_path):

@@ -58,9 +58,9 @@ def gate_command(config: Path, pytest_args: list[str], report: Path, update: str
 def exit_code(pytest_status: int, summary: dict | None) -> int:
     """pytest's exit status and the run's summary -> the documented exit code: infrastructure errors (an engine that
     crashed or could not start) before regressions (fail or not gated), before missing baselines (a usage error)."""
-    if pytest_status == 2:
-        return INTERRUPTED
-    if pytest_status in (4, 5):  # a usage error, or a config that selects no test
+    # pytest's 2 is "interrupted": a collection error (a bad config found while collecting) or a KeyboardInterrupt
+    # inside pytest; a Ctrl-C at this command is caught by run_gate and is 130.
+    if pytest_status in (2, 4, 5):  # a usage or collection error, or a config that selects no test
         return CONFIG_ERROR
     if pytest_status == 3:
         return INFRASTRUCTURE_ERROR
@@ -75,6 +75,8 @@ def exit_code(pytest_status: int, summary: dict | None) -> int:
         return CONFIG_ERROR
     if pytest_status == 1:  # a failure the summary does not explain (e.g. a user's own test): not a pass
         return REGRESSED
+    if summary is None:  # pytest passed, yet no gate test reported: nothing was gated
+        return CONFIG_ERROR
     return PASSED
 
 
@@ -82,9 +84,15 @@ def run_gate(config: Path, pytest_args: list[str], update: str | None = None, wo
     with tempfile.TemporaryDirectory(prefix="longquant-run-") as tmp:
         report = Path(tmp) / "summary.json"
         command = gate_command(config, pytest_args, report, update, workers)
+        child = subprocess.Popen(command, cwd=config.parent)
         try:
-            status = subprocess.call(command, cwd=config.parent)
-        except KeyboardInterrupt:
+            status = child.wait()
+        except KeyboardInterrupt:  # the child got the same Ctrl-C: let it stop cleanly (finished cells are kept)
+            try:
+                child.wait(60)
+            except (subprocess.TimeoutExpired, KeyboardInterrupt):
+                child.kill()
+            print("longquant: exit 130 (interrupted)", file=sys.stderr)
             return INTERRUPTED
         summary = None
         if report.is_file():
@@ -93,8 +101,8 @@ def run_gate(config: Path, pytest_args: list[str], update: str | None = None, wo
             except ValueError:
                 summary = None
     code = exit_code(status, summary)
-    if status == 5:
-        print(f"longquant: {config} selects no test (pytest exit 5): check tasks, buckets, languages, candidates and "
+    if status == 5 or (status == 0 and summary is None):
+        print(f"longquant: {config} selects no test (pytest exit {status}): check tasks, buckets, languages, candidates and "
               "any -k / -m filter", file=sys.stderr)
     print(f"longquant: exit {code} ({_MEANING[code]})", file=sys.stderr)
     return code

@@ -292,7 +292,9 @@ def build_report(results_dir: str | Path, drops: int = 6, samples_per_drop: int 
         eff = efficiency.get(name)
         if eff is not None:
             eff.weights_saved = _weights_saved(eff, reference_info)
-        candidates.append(Candidate(name=name, verdict=verdict, precision=checkpoints.get(name, {}).get("precision"),
+        precision = checkpoints.get(name, {}).get("precision") or next(
+            (r["lq_precision"] for r in rows if r["lq_checkpoint"] == name and r.get("lq_precision")), None)
+        candidates.append(Candidate(name=name, verdict=verdict, precision=precision,
                                     failing=sum(t.status == "fail" for t in mine), tests=mine,
                                     average_delta=aggregate.delta if aggregate else None,
                                     average_recovery=aggregate.recovery if aggregate else None, efficiency=eff))
