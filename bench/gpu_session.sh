@@ -23,7 +23,7 @@ case "${1:-}" in
 reference = "demo"
 engine = "vllm"
 device = "cuda"
-engine_args = { max_model_len = 8192, enforce_eager = true }
+engine_args = { max_model_len = 8192 }
 tasks = ["niah_single_2", "niah_single_3"]
 buckets = ["4K", "8K"]
 languages = ["en", "es"]
@@ -35,6 +35,7 @@ results_dir = "/tmp/eff/results"
 [[candidates]]
 name = "fp8"
 recipe = "fp8-inflight"
+engine_args = { enforce_eager = true }
 
 [[candidates]]
 name = "bnb_nf4"

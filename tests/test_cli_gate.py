@@ -23,7 +23,7 @@ pytestmark = pytest.mark.model
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "fixtures" / "longquant.toml"
-LIMIT = ["--", "--lq-limit", "4"]
+LIMIT = ["--", "--lq-limit", "2"]  # 2 samples a cell: the damaged model still fails its average (n=8)
 
 
 def longquant(*args, cwd=None, env=None, timeout=1500):
@@ -124,15 +124,15 @@ def test_report_writes_markdown_html_and_versioned_json(runs):
 
 def test_efficiency_figures_are_plausible(runs):
     """Non-zero, and the stream's tokens/s inside the range the engine measured batch by batch (the stream's wall time
-    also holds scoring and saving between batches: at most 15% below the slowest batch)."""
+    also holds prompt building, scoring and saving between batches: at most 20% below the slowest batch)."""
     root, _ = runs
     (record,) = [json.loads(p.read_text()) for p in (root / "bad" / "results" / "efficiency").glob("*.json")]
-    assert record["checkpoint"] == "cand" and record["samples"] == 16
+    assert record["checkpoint"] == "cand" and record["samples"] == 8
     assert record["prompt_tokens"] > 0 and record["output_tokens"] > 0 and record["wall_seconds"] > 0
     for kind in ("prompt", "output"):
         rate = record[f"{kind}_tokens_per_second"]
         low, high = record["engine_reported"][f"{kind}_tokens_per_second"]
-        assert 0 < 0.85 * low <= rate <= high * 1.01, (kind, rate, low, high)
+        assert 0 < 0.8 * low <= rate <= high * 1.01, (kind, rate, low, high)
     assert set(record["buckets"]) == {"1K", "2K"}
     assert record["buckets"]["2K"]["seconds_per_sample"] > 0
     assert record["peak_memory_bytes"] > record["weights_memory_bytes"] > 100 * 2**20  # float32 135M: ~540 MB
@@ -207,6 +207,17 @@ def test_config_errors_missing_baselines_and_engine_crashes_have_their_codes(run
     assert out.returncode == 3, out.stdout[-3000:]
     assert "broken" in out.stdout and "exit 3 (infrastructure error)" in out.stderr
     assert longquant("run", "--config", tmp_path / "nope.toml").returncode == 2
+
+
+
+def test_a_not_gated_cell_fails_the_run_unless_allowed(tmp_path, demo_path):
+    """16K is beyond the 8K demo model: planned, not run, so not a pass (exit 1); allowed by name, it skips (exit 0)."""
+    config = write_config(tmp_path, [{"name": "x", "source": str(demo_path), "precision": "8-bit"}], buckets=["16K"],
+                          languages=["en"])
+    out = longquant("run", "--config", config)
+    assert out.returncode == 1 and "NOT GATED (too-long" in out.stdout, out.stdout[-2000:]
+    allowed = longquant("run", "--config", config, "--", "--lq-allow-not-gated=too-long")
+    assert allowed.returncode == 0, allowed.stdout[-2000:]
 
 
 def test_baseline_writes_the_references_baselines_then_the_gate_passes(tmp_path, demo_path):

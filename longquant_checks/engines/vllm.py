@@ -439,9 +439,11 @@ class VLLMEngine(Engine):
         else:
             return {}
         log = (self._worker.log if self._worker else None)
-        reported = _logged_throughput(log)
-        if reported:
-            out.setdefault("engine_reported", {}).update(reported)
+        logged = _logged_figures(log)
+        if logged.get("engine_reported"):
+            out.setdefault("engine_reported", {}).update(logged["engine_reported"])
+        if logged.get("weights_memory_bytes"):
+            out["weights_memory_bytes"] = logged["weights_memory_bytes"]
         if "peak_memory_bytes" not in out and members:
             peaks = [read_proc_status(pid).get("VmHWM", 0) for pid in members]
             out.update(peak_memory_bytes=sum(peaks) or None, memory_kind="rss",
@@ -485,22 +487,31 @@ class VLLMEngine(Engine):
 
 
 _THROUGHPUT = re.compile(r"Avg prompt throughput: ([0-9.]+) tokens/s, Avg generation throughput: ([0-9.]+) tokens/s")
+_MODEL_MEMORY = re.compile(r"Model loading took ([0-9.]+) GiB memory")
 
 
-def _logged_throughput(log: str | None) -> dict[str, Any]:
-    """The range of vLLM's own logged throughput (10-second averages while it was busy) from a worker's log."""
+def _logged_figures(log: str | None) -> dict[str, Any]:
+    """From a worker's log: the range of vLLM's own logged throughput (10-second averages while it was busy; a
+    shorter stream logs none) and the memory its weights took as it reported it at load."""
     try:
         text = open(str(log), encoding="utf-8", errors="replace").read() if log else ""
     except OSError:
         return {}
+    out: dict[str, Any] = {}
+    loaded = [float(x) for x in _MODEL_MEMORY.findall(text)]
+    if loaded and loaded[-1] > 0:
+        out["weights_memory_bytes"] = int(loaded[-1] * 2**30)
     pairs = [(float(a), float(b)) for a, b in _THROUGHPUT.findall(text)]
-    pairs = [p for p in pairs if p[0] > 0 or p[1] > 0]
-    if not pairs:
-        return {}
-    prompt, output = zip(*pairs)
-    return {"source": "vLLM's log: average throughput per 10-second interval",
-            "prompt_tokens_per_second": [min(prompt), max(prompt)],
-            "output_tokens_per_second": [min(output), max(output)], "intervals": len(pairs)}
+    # Each range over the intervals that did that work (an interval of decode only says nothing of prefill speed).
+    prompt, output = [a for a, _ in pairs if a > 0], [b for _, b in pairs if b > 0]
+    if prompt or output:
+        out["engine_reported"] = {"source": "vLLM's log: average throughput per 10-second interval",
+                                  "intervals": sum(1 for a, b in pairs if a > 0 or b > 0)}
+        if prompt:
+            out["engine_reported"]["prompt_tokens_per_second"] = [min(prompt), max(prompt)]
+        if output:
+            out["engine_reported"]["output_tokens_per_second"] = [min(output), max(output)]
+    return out
 
 
 class _Feed:

@@ -91,9 +91,12 @@ def curves(report: Report, task: str) -> str:
         def mean(values):
             return sum(values) / len(values) if values else float("nan")
 
-        # The reference's accuracy per bucket (the same baseline for every candidate of one engine setup).
-        ref = [mean([t.reference for t in mine if t.bucket == b]) for b in buckets]
-        ax.plot(buckets, ref, color="black", linestyle="--", marker="o", label="reference", zorder=5)
+        # The reference per engine setup (candidates on another engine meet the reference run on that engine).
+        setups = list(dict.fromkeys(_setup(t) for t in mine))
+        for k, setup in enumerate(setups):
+            ref = [mean([t.reference for t in mine if t.bucket == b and _setup(t) == setup]) for b in buckets]
+            ax.plot(buckets, ref, color="black", linestyle=("--", ":", "-.")[k % 3], marker="o", zorder=5,
+                    label="reference" + (f" ({setup})" if len(setups) > 1 else ""))
         for candidate in report.candidates:
             values = [mean([t.candidate for t in mine if t.bucket == b and t.checkpoint == candidate.name
                             and t.candidate is not None]) for b in buckets]
@@ -106,6 +109,13 @@ def curves(report: Report, task: str) -> str:
     axes[0][-1].legend(fontsize=8, loc="best")
     fig.suptitle(f"{task}: accuracy vs input length", fontsize=11, y=1.04)
     return _svg(fig)
+
+
+def _setup(test) -> str:
+    """The engine setup of the baseline a test met (its folder's name: e.g. hf-cpu-float32)."""
+    from pathlib import Path
+
+    return Path(test.baseline_file).parent.name if test.baseline_file else ""
 
 
 def tradeoff(report: Report) -> str | None:
