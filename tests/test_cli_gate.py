@@ -60,12 +60,22 @@ def write_config(folder: Path, candidates: list[dict], **overrides) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, demo_path, damaged):
-    root = tmp_path_factory.mktemp("cli")
-    good = write_config(root / "good", [{"name": "cand", "source": str(demo_path), "precision": "8-bit"}])
-    bad = write_config(root / "bad", [{"name": "cand", "source": str(damaged), "precision": "4-bit"}])
-    out = {"good": longquant("run", "--config", good, *LIMIT),
-           # Two workers under CI: the controller prints each worker's finished cells, one line each.
-           "bad": longquant("run", "--config", bad, "-n", "2", *LIMIT, env={"CI": "true"})}
+    """Made once per session even under xdist (pytest-xdist's recipe: a lock in the temp root all workers share),
+    so the two gate runs are not repeated on each worker that gets a test of this module."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp().parent / "cli-runs"
+    done = root / "outputs.json"
+    with FileLock(str(root) + ".lock"):
+        if not done.is_file():
+            good = write_config(root / "good", [{"name": "cand", "source": str(demo_path), "precision": "8-bit"}])
+            bad = write_config(root / "bad", [{"name": "cand", "source": str(damaged), "precision": "4-bit"}])
+            made = {"good": longquant("run", "--config", good, *LIMIT),
+                    # Two workers under CI: the controller prints each worker's finished cells, one line each.
+                    "bad": longquant("run", "--config", bad, "-n", "2", *LIMIT, env={"CI": "true"})}
+            done.write_text(json.dumps({k: {"returncode": v.returncode, "stdout": v.stdout, "stderr": v.stderr}
+                                        for k, v in made.items()}))
+    out = {k: subprocess.CompletedProcess([], **v) for k, v in json.loads(done.read_text()).items()}
     return root, out
 
 
