@@ -11,6 +11,7 @@ sample answered, a cell finished. Where they go:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -84,14 +85,14 @@ class Board(Progress):
         if not force and now - self._last < self.min_interval:
             return
         self._last = now
-        with self.guard() if self.guard else _nothing():
+        with self.guard() if self.guard else contextlib.nullcontext():
             if not self._started:
                 self.bars.start()
                 self._started = True
             self.bars.refresh()
 
     def __call__(self, message: str) -> None:
-        with self._lock, self.guard() if self.guard else _nothing():
+        with self._lock, self.guard() if self.guard else contextlib.nullcontext():
             self.bars.console.print(f"longquant: {message}", highlight=False, markup=False)
 
     def stream_started(self, checkpoint: str, cells: int, samples: int) -> None:
@@ -124,25 +125,17 @@ class Board(Progress):
             self.cells[checkpoint] = (done + 1, total)
             if checkpoint in self.tasks:
                 self.bars.update(self.tasks[checkpoint], cells=f"{done + 1}/{total}")
-            with self.guard() if self.guard else _nothing():
+            with self.guard() if self.guard else contextlib.nullcontext():
                 self.bars.console.print(f"longquant: {line}", highlight=False, markup=False)
             self._draw(force=True)
 
     def close(self) -> None:
         with self._lock:
             if self._started:
-                with self.guard() if self.guard else _nothing():
+                with self.guard() if self.guard else contextlib.nullcontext():
                     self.bars.refresh()
                     self.bars.stop()
                 self._started = False
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 class WorkerFile(Progress):
