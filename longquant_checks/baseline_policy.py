@@ -36,6 +36,7 @@ class BaselinePolicy:
     update: str | None
     limited: bool  # a --lq-limit run: compare the stored prefix, never write
     refresh_command: Callable[[str, Cell], str]  # (mode, cell) -> the command line that refreshes it
+    traces: bool = False  # the divergence signal is on: a baseline needs the reference's token traces
     changes: list[str] = field(default_factory=list)
     # Cells whose reference ran in this session: every later candidate meets that same fresh entry.
     refreshed: set[Cell] = field(default_factory=set)
@@ -91,6 +92,9 @@ class BaselinePolicy:
     def _problems(self, entry: BaselineEntry, samples: Sequence[Sample], fingerprint: str, task: Task) -> list[str]:
         stored = entry.samples[:len(samples)] if self.limited else entry.samples
         problems = mismatches(replace(entry, samples=stored), samples, fingerprint, self.setup, task.version)
+        if self.traces and not all("trace" in s for s in stored):
+            problems.append("it keeps no token traces of the reference's answers, which the divergence signal "
+                            "compares with (made before it, or with `divergence` off)")
         if entry.scorer_version != task.scorer_version and any("text" not in s for s in entry.samples):
             problems.append(f"the scorer changed (v{entry.scorer_version or '?'} in the baseline, "
                             f"v{task.scorer_version} now) and the baseline has no answer texts to re-score")

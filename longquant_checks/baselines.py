@@ -62,6 +62,21 @@ class BaselineEntry:
     def scores(self) -> list[float]:
         return [float(s["score"]) for s in self.samples]
 
+    @property
+    def has_traces(self) -> bool:
+        """Whether every sample keeps the reference's token trace (the divergence signal's reference side)."""
+        return bool(self.samples) and all("trace" in s for s in self.samples)
+
+    def traces(self) -> dict[str, "TokenTrace"]:
+        """Sample id -> the reference's answer trace (divergence.py)."""
+        from .divergence import DivergenceError, TokenTrace
+
+        try:
+            return {s["id"]: TokenTrace.from_json(s["trace"], f"baseline {self.cell.id} sample {s['id']}")
+                    for s in self.samples if "trace" in s}
+        except DivergenceError as exc:
+            raise BaselineError(str(exc)) from None
+
     def to_line(self) -> str:
         data = asdict(self)
         data["bucket"] = bucket_label(self.bucket)
@@ -86,8 +101,8 @@ class BaselineEntry:
         engine = result.engine
         return cls(reference=reference, task=result.cell.task, bucket=result.cell.bucket,
                    language=result.cell.language, n=len(result.samples), mean=round(result.mean_points, 4),
-                   samples=[{"id": s.id, "prompt_sha256": s.prompt_sha256, "score": s.score, "text": s.text}
-                            for s in result.samples],
+                   samples=[{"id": s.id, "prompt_sha256": s.prompt_sha256, "score": s.score, "text": s.text,
+                             **({"trace": s.trace} if s.trace else {})} for s in result.samples],
                    setup=dict(setup), engine={"kind": engine.get("kind"), "settings": engine.get("settings", {})},
                    device=engine.get("device", ""), versions=engine.get("versions", {}),
                    task_version=result.task_version, seed=result.seed,

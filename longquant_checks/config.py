@@ -103,6 +103,26 @@ class CalibrationConfig(_Strict):
     file: str | None = None  # your own calibration text (JSONL of {"text": ...} or .txt), relative to the config
 
 
+_Precisions = dict[Literal["16-bit", "8-bit", "4-bit"], float]
+
+
+class DivergenceConfig(_Strict):
+    """The divergence signal (docs/divergence.md): beside the accuracy verdicts, never instead of them. Tolerances
+    are allowances over the measured noise floor (`longquant noise-floor`), per precision class and level, in the
+    signal's units; what is not given keeps divergence_gate's defaults."""
+
+    enabled: bool = False
+    signal: Literal["kl", "nll", "top1"] = "kl"
+    top_k: int = Field(default=20, ge=1, le=100)
+    trend: bool = True  # per task: the divergence and the accuracy drop must not grow with length (>= 2 buckets)
+    cell: _Precisions = Field(default_factory=dict)
+    language: _Precisions = Field(default_factory=dict)
+    bucket: _Precisions = Field(default_factory=dict)
+    aggregate: _Precisions = Field(default_factory=dict)
+    trend_slope: _Precisions = Field(default_factory=dict)  # allowed growth of the divergence per doubling
+    accuracy_trend_slope: _Precisions = Field(default_factory=dict)  # allowed growth of the accuracy drop, points
+
+
 class SystemPromptText(_Strict):
     text: str = Field(min_length=1)
 
@@ -121,6 +141,7 @@ class GateConfig(_Strict):
     mode: Literal["default", "strict", "point"] = "default"
     alpha: float = Field(default=0.05, gt=0, lt=0.5)
     tolerance: ToleranceConfig = Field(default_factory=ToleranceConfig)
+    divergence: DivergenceConfig = Field(default_factory=DivergenceConfig)
     rerun_reference: bool = False  # also gate a fresh reference run against its stored baseline
     baseline_dir: str = "baselines"
     results_dir: str = ".longquant/results"

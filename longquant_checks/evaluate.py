@@ -7,12 +7,16 @@ engine's root cause, without another attempt (a broken vLLM worker used to re-fa
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 import uuid
 from dataclasses import replace
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from .checkpoints.resolve import ResolvedCheckpoint
+from .engines.base import Scoring
+from .divergence import DivergenceError, TokenTrace, measure
 from .errors import LongquantError
 from .meter import StreamMeter, stream_key
 from .progress import Progress, as_progress
@@ -33,8 +37,11 @@ class CheckpointRunner:
     """Runs one checkpoint's cells on one engine setup; opens its engine on the first cell that is not cached."""
 
     def __init__(self, checkpoint: ResolvedCheckpoint, setup: EngineSetup, store: ResultStore, book: SampleBook,
-                 label: str | None = None, progress: Progress | Callable[[str], None] | None = None):
+                 label: str | None = None, progress: Progress | Callable[[str], None] | None = None,
+                 top_k: int = 0):
+        """`top_k` > 0: record each answer's token trace (a reference whose baselines feed the divergence signal)."""
         self.checkpoint, self.setup, self.store, self.book = checkpoint, setup, store, book
+        self.top_k = top_k
         self.label = label or checkpoint.name
         self.progress = as_progress(progress)
         self._engine = None
@@ -79,24 +86,43 @@ class CheckpointRunner:
             self._identity = identity
         return self._identity
 
-    def key(self, cell: Cell) -> str:
-        return cell_key(self.checkpoint.identity, self.engine_identity(), self.book.samples(cell),
-                        self.book.task(cell.task).version)
+    def key(self, cell: Cell, forced: Mapping[str, TokenTrace] | None = None) -> str:
+        identity = self.engine_identity()
+        scoring = self._scoring_identity(cell, forced)
+        if scoring:  # results with the divergence signal are other results than without it
+            identity = {**identity, "scoring": scoring}
+        return cell_key(self.checkpoint.identity, identity, self.book.samples(cell), self.book.task(cell.task).version)
 
-    def run(self, cell: Cell, fresh: bool = False) -> CellResult:
+    def _scoring_identity(self, cell: Cell, forced: Mapping[str, TokenTrace] | None) -> dict:
+        out: dict = {}
+        if self.top_k:
+            out["top_k"] = self.top_k
+        if forced:
+            digest = hashlib.sha256()
+            for s in self.book.samples(cell):
+                trace = forced.get(s.id)
+                digest.update(json.dumps(trace.to_json() if trace else None, sort_keys=True).encode())
+            out["forced"] = digest.hexdigest()
+        return out
+
+    def run(self, cell: Cell, fresh: bool = False, forced: Mapping[str, TokenTrace] | None = None) -> CellResult:
         """The cell's result (see run_many); raises the cell's error."""
-        found = self.run_many([cell], fresh)[cell]
+        found = self.run_many([cell], fresh, forced)[cell]
         if isinstance(found, Exception):
             raise found
         return found
 
-    def run_many(self, cells: Sequence[Cell], fresh: bool = False) -> dict[Cell, CellResult | LongquantError]:
+    def run_many(self, cells: Sequence[Cell], fresh: bool = False, forced: Mapping[str, TokenTrace] | None = None
+                 ) -> dict[Cell, CellResult | LongquantError]:
         """Each cell's result, or the error that kept it from one. Cached cells come from the resume cache
         (re-scored if the scorer changed); the others go to the engine as one stream, and each is scored and saved
         atomically as soon as its last sample is answered, so an interrupted run keeps every finished cell.
-        `fresh` bypasses the cache (a deliberate baseline refresh re-runs the model)."""
+        `fresh` bypasses the cache (a deliberate baseline refresh re-runs the model). `forced`: sample id -> the
+        reference's answer trace, teacher-forced through this checkpoint: each sample's result then holds its
+        divergence from the reference (or the cell says why the engine could not measure it)."""
+        forced = forced or {}
         results: dict[Cell, CellResult | LongquantError] = {}
-        keys = {cell: self.key(cell) for cell in cells}
+        keys = {cell: self.key(cell, forced) for cell in cells}
         for cell in cells:
             if not fresh and (found := self._cached(cell, keys[cell])) is not None:
                 results[cell] = found
@@ -113,18 +139,21 @@ class CheckpointRunner:
                     results[cell] = found
             todo = [c for c in todo if c not in results]
             if todo:
-                self._stream(todo, keys, results, locks)
+                self._stream(todo, keys, results, locks, forced)
         finally:
             for lock in locks.values():
                 lock.release()
         return results
 
-    def _stream(self, cells: Sequence[Cell], keys: dict[Cell, str], results: dict, locks: dict) -> None:
+    def _stream(self, cells: Sequence[Cell], keys: dict[Cell, str], results: dict, locks: dict,
+                forced: Mapping[str, TokenTrace]) -> None:
         try:
             engine = self.engine
         except EngineStartError as exc:
             results.update({c: exc for c in cells})
             return
+        unavailable = engine.divergence_unavailable if (forced or self.top_k) else None
+        scoring = None if unavailable or not (forced or self.top_k) else Scoring(self.top_k, forced)
         runnable, sizes = [], {}
         for cell in cells:
             try:
@@ -151,13 +180,14 @@ class CheckpointRunner:
 
         meter = StreamMeter()
         try:
-            for position, output in engine.stream(plan()):
+            for position, output in (engine.stream(plan(), scoring) if scoring else engine.stream(plan())):
                 cell, index = origin[position]
                 pending[cell][index] = output
                 meter.add(cell, output.n_prompt_tokens, output.n_output_tokens, output.seconds)
                 self.progress.sample_done(self.label)
                 if len(pending[cell]) == sizes[cell]:
-                    results[cell] = self._finish(cell, keys[cell], pending.pop(cell), engine, meter.t0)
+                    results[cell] = self._finish(cell, keys[cell], pending.pop(cell), engine, meter.t0, forced,
+                                                 unavailable or "")
                     locks.pop(cell).release()  # another process may take it from here
         except Exception as exc:  # the engine failed mid-stream: finished cells are saved, the rest fail with its cause
             for cell in pending:
@@ -182,18 +212,21 @@ class CheckpointRunner:
                               in_flight=bool(self.checkpoint.recipe))
         self.store.save_efficiency(record)
 
-    def _finish(self, cell: Cell, key: str, outputs: dict[int, Any], engine, t0: float) -> CellResult:
+    def _finish(self, cell: Cell, key: str, outputs: dict[int, Any], engine, t0: float,
+                forced: Mapping[str, TokenTrace], unavailable: str) -> CellResult:
         samples = self.book.samples(cell)
         task = self.book.task(cell.task)
         results = [SampleResult(s.id, s.prompt_sha256, float(task.score(s, o.text)), o.text, o.n_prompt_tokens,
                                 o.n_output_tokens, round(o.seconds, 4), o.finish_reason, *_prompt_ends(s),
-                                list(s.answers))
+                                list(s.answers), trace=o.trace.to_json() if o.trace is not None else None,
+                                divergence=_divergence(s.id, forced, o))
                    for s, o in ((s, outputs[i]) for i, s in enumerate(samples))]
         identity = dict(self.engine_identity())
         identity["engine_version"] = engine.info.version
         result = CellResult(self.label, cell, results, key, self.checkpoint.identity, identity, task.version,
                             self.book.seed, scorer_version=task.scorer_version, longquant_version=longquant_version(),
-                            prompt=samples[0].metadata.get("prompt", {}) if samples else {})
+                            prompt=samples[0].metadata.get("prompt", {}) if samples else {},
+                            divergence_unavailable=unavailable)
         self.store.save(result)
         self.progress.cell_done(self.label, f"{self.label} {cell.id}: {result.mean_points:.1f} "
                       f"({len(samples)} samples, {time.perf_counter() - t0:.0f} s into the stream)")
@@ -218,6 +251,16 @@ class CheckpointRunner:
         if self._engine is not None:
             engine, self._engine = self._engine, None
             engine.__exit__(None, None, None)
+
+
+def _divergence(sample_id: str, forced: Mapping[str, TokenTrace], output) -> dict | None:
+    trace = forced.get(sample_id)
+    if trace is None or output.forced is None:
+        return None
+    try:
+        return measure(trace, output.forced).to_json()
+    except DivergenceError as exc:
+        raise LongquantError(f"sample {sample_id}: {exc}") from None
 
 
 def _prompt_ends(sample, chars: int = 400) -> tuple[str, str]:

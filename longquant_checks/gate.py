@@ -270,6 +270,10 @@ class Verdict:
     alpha_share: float = 1.0  # this level's share of alpha; p_adjusted is divided by it
     null_variance: float | None = None
     correction: str = "holm"  # how `decide` adjusted p over the family: "holm" or "bonferroni"
+    # What is compared: "accuracy" (scores, in points) or a divergence signal ("kl", "nll", "top1":
+    # divergence_gate.py), whose "drop" is the mean divergence and `unit` its own; level "trend" is a slope.
+    signal: str = "accuracy"
+    unit: str = "points"
 
     @property
     def drop(self) -> float:
@@ -607,28 +611,30 @@ def min_samples_to_resolve(tolerance_points: float, discordance: float, alpha: f
 # -------------------------------------------------------------------------------------------- outcomes
 
 def _outcome(mode: str, delta: float, ci_low: float, p: float, tolerance: Tolerance, alpha: float,
-             ci_level: float, adjusted: bool | str) -> tuple[str, str]:
+             ci_level: float, adjusted: bool | str, unit: str = "points", what: str = "drop") -> tuple[str, str]:
     drop, tol = -delta, tolerance.points
     over = drop > tol + _EPS
+    f = (lambda x: f"{x:.1f}") if unit == "points" else (lambda x: f"{x:.3g}")
+    amount = f"{what} {f(drop)} {unit}"
     if mode == "point":
         if over:
-            return "fail", f"observed drop {drop:.1f} points exceeds the tolerance {tol:g} (point mode ignores noise)"
-        return "pass", f"observed drop {max(drop, 0):.1f} points is within the tolerance {tol:g} (point mode)"
+            return "fail", f"observed {amount} exceeds the tolerance {tol:g} (point mode ignores noise)"
+        return "pass", f"observed {what} {f(max(drop, 0))} {unit} is within the tolerance {tol:g} (point mode)"
     if mode == "strict":
         bound = -ci_low
         level = f"one-sided {100 * (1 - alpha):g}%"
         if bound < tol - _EPS:
-            return "pass", (f"non-inferior: the {level} upper bound of the drop, {bound:.1f} points, "
+            return "pass", (f"non-inferior: the {level} upper bound of the {what}, {f(bound)} {unit}, "
                             f"is below the tolerance {tol:g}")
-        return "fail", (f"cannot rule out a drop of {bound:.1f} points ({level} upper bound; "
+        return "fail", (f"cannot rule out a {what} of {f(bound)} {unit} ({level} upper bound; "
                         f"{100 * ci_level:g}% interval's end) >= the tolerance {tol:g}")
     which = adjusted if isinstance(adjusted, str) else ("Holm-adjusted p" if adjusted else "p")
     if not over:
-        return "pass", f"observed drop {max(drop, 0):.1f} points is within the tolerance {tol:g}"
+        return "pass", f"observed {what} {f(max(drop, 0))} {unit} is within the tolerance {tol:g}"
     if p < alpha:
-        return "fail", (f"observed drop {drop:.1f} points exceeds the tolerance {tol:g} and is significant "
+        return "fail", (f"observed {amount} exceeds the tolerance {tol:g} and is significant "
                         f"({which} = {p:.3g} < {alpha:g})")
-    return "pass", (f"observed drop {drop:.1f} points exceeds the tolerance {tol:g} but is not significant "
+    return "pass", (f"observed {amount} exceeds the tolerance {tol:g} but is not significant "
                     f"({which} = {p:.3g} >= {alpha:g}); more samples would tell")
 
 
@@ -815,7 +821,8 @@ def decide(verdicts: Sequence[Verdict], alpha: float = 0.05, family_size: int | 
         outcome, reason, mdd = v.outcome, v.reason, v.min_detectable_drop
         if v.mode == "default":
             which = f"{name}-adjusted p" if m > 1 else ("adjusted p" if alpha_share < 1 else "p")
-            outcome, reason = _outcome(v.mode, v.delta, v.ci_low, p_adj, v.tolerance, alpha, v.ci_level, which)
+            outcome, reason = _outcome(v.mode, v.delta, v.ci_low, p_adj, v.tolerance, alpha, v.ci_level, which,
+                                       v.unit, "slope" if v.level == "trend" else "drop")
             if v.null_variance is not None:
                 where = (f"threshold alpha/{m} = {threshold:.2g}, {name}'s strictest over {m} planned {unit}"
                          if m > 1 else f"one-sided alpha {threshold:.2g}")
@@ -1068,12 +1075,31 @@ def gate_candidate(candidate: str, cells: Sequence[Any], tolerances_by_level: Ma
 
 def format_failure(v: Verdict) -> str:
     """A readable multi-line account of one verdict (written for failures; fine for passes)."""
+    if v.signal != "accuracy":
+        return _format_signal_failure(v)
     if v.level in ("language", "bucket"):
         where = f"{v.level} {v.group}: average over {v.n_cells} cells"
     elif v.cell_id == "ALL" or v.level == "aggregate":
         where = f"average over {v.n_cells} cells"
     else:
         where = f"cell {v.cell_id}"
+    p_line = _p_line(v)
+    lines = [
+        f"{v.outcome.upper()}: {where}, candidate {v.candidate!r}, mode {v.mode}",
+        f"  reference   {v.reference_mean:6.1f} points",
+        f"  candidate   {v.candidate_mean:6.1f} points   (n={v.n} paired samples)",
+        f"  delta       {v.delta:+6.1f} points   {100 * v.ci_level:g}% CI [{v.ci_low:+.1f}, {v.ci_high:+.1f}]"
+        + (f" ({v.ci_method})" if v.ci_method else ""),
+        f"  p           {p_line}",
+        f"  tolerance   {v.tolerance.points:g} points: {v.tolerance.source}",
+        f"  resolution  minimal detectable drop {v.min_detectable_drop:.1f} points (80% power)",
+        f"  why         {v.reason}",
+    ]
+    lines += [f"  warning     {w}" for w in v.warnings]
+    return "\n".join(lines)
+
+
+def _p_line(v: Verdict) -> str:
     p_line = f"{v.p_value:.3g} one-sided, {v.p_method}" if v.p_method else f"{v.p_value:.3g} one-sided"
     if v.holm_family > 1 or v.alpha_share < 1:
         unit = _UNITS.get(v.level, "members")
@@ -1085,15 +1111,27 @@ def format_failure(v: Verdict) -> str:
             p_line += f", divided by this level's alpha share {v.alpha_share:.3g}"
         p_line += f": {v.p_adjusted:.3g}"
     p_line += f" (alpha {v.alpha:g})"
+    return p_line
+
+
+def _format_signal_failure(v: Verdict) -> str:
+    """A divergence verdict or a length trend (divergence_gate.py), in its own units."""
+    if v.level == "trend":
+        where = f"length trend of {v.group} over {v.n_cells} cells"
+        what = "slope"
+    elif v.level in ("language", "bucket"):
+        where, what = f"{v.level} {v.group}: average {v.signal} over {v.n_cells} cells", "mean"
+    elif v.level == "aggregate":
+        where, what = f"average {v.signal} over {v.n_cells} cells", "mean"
+    else:
+        where, what = f"cell {v.cell_id}, {v.signal}", "mean"
     lines = [
         f"{v.outcome.upper()}: {where}, candidate {v.candidate!r}, mode {v.mode}",
-        f"  reference   {v.reference_mean:6.1f} points",
-        f"  candidate   {v.candidate_mean:6.1f} points   (n={v.n} paired samples)",
-        f"  delta       {v.delta:+6.1f} points   {100 * v.ci_level:g}% CI [{v.ci_low:+.1f}, {v.ci_high:+.1f}]"
-        + (f" ({v.ci_method})" if v.ci_method else ""),
-        f"  p           {p_line}",
-        f"  tolerance   {v.tolerance.points:g} points: {v.tolerance.source}",
-        f"  resolution  minimal detectable drop {v.min_detectable_drop:.1f} points (80% power)",
+        f"  {what:<11} {v.candidate_mean:.4g} {v.unit}   (n={v.n} samples)   {100 * v.ci_level:g}% CI "
+        f"[{-v.ci_high:.4g}, {-v.ci_low:.4g}]" + (f" ({v.ci_method})" if v.ci_method else ""),
+        f"  p           {_p_line(v)}",
+        f"  tolerance   {v.tolerance.points:g} {v.unit}: {v.tolerance.source}",
+        f"  resolution  an excess of {v.min_detectable_drop:.3g} over the tolerance is found with 80% power",
         f"  why         {v.reason}",
     ]
     lines += [f"  warning     {w}" for w in v.warnings]

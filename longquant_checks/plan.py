@@ -21,6 +21,8 @@ NOT_GATED_REASONS = {
     "unsupported": "the recipe cannot run on this engine and device",
     "too-long": "the bucket is beyond the model's max length",
     "no-fit": "the cell's fixed parts (instructions, needles, answer budget) do not fit the bucket in this tokenizer",
+    "no-logprobs": "the engine gives no token log-probabilities, so the divergence signal cannot be measured (the "
+                   "accuracy gate stands alone)",
 }
 
 
@@ -55,16 +57,22 @@ class Case:
     cell: Cell | None = None
     not_gated: NotGated | None = None
     level: str = "cell"
-    group: str | None = None  # the language code or bucket label of a language / bucket gate
+    group: str | None = None  # the language code or bucket label of a language / bucket gate; a trend's task
+    signal: str = "accuracy"  # or the divergence signal ("kl", "nll", "top1"); level "trend": the length trend
 
     @property
     def id(self) -> str:
+        prefix = self.checkpoint if self.signal == "accuracy" else f"{self.checkpoint}-{self.signal}"
+        if self.level == "trend":
+            return f"{prefix}-trend-{self.group}"
         if self.level == "cell":
-            return f"{self.checkpoint}-{self.cell.id}"
-        return f"{self.checkpoint}-aggregate" if self.level == "aggregate" else f"{self.checkpoint}-{self.level}-{self.group}"
+            return f"{prefix}-{self.cell.id}"
+        return f"{prefix}-aggregate" if self.level == "aggregate" else f"{prefix}-{self.level}-{self.group}"
 
     def covers(self, cell: Cell) -> bool:
         """Whether `cell` is one of the cells this case's average is taken over."""
+        if self.level == "trend":
+            return cell.task == self.group
         if self.level == "language":
             return cell.language == self.group
         if self.level == "bucket":
@@ -79,10 +87,12 @@ class PlannedCheckpoint:
     recipe: str | None = None
 
 
-def plan_cases(checkpoints: Sequence[PlannedCheckpoint], cells: Sequence[PlannedCell], device: str) -> list[Case]:
+def plan_cases(checkpoints: Sequence[PlannedCheckpoint], cells: Sequence[PlannedCell], device: str,
+               divergence: str | None = None, trend: bool = False) -> list[Case]:
     """Every test in a stable order (xdist needs identical collection on every worker): each checkpoint's cells,
-    then its aggregate. A recipe its engine cannot run on this device makes all of that checkpoint's cases not
-    gated."""
+    its languages, buckets and aggregate; with a `divergence` signal the same again for it; with `trend` (and two
+    buckets or more) a length trend per task of the divergence and of the accuracy drop. A recipe its engine
+    cannot run on this device makes all of that checkpoint's cases not gated."""
     from .checkpoints.recipes import unsupported_reason
 
     dev = "cuda" if device.startswith("cuda") else "cpu"
@@ -99,6 +109,17 @@ def plan_cases(checkpoints: Sequence[PlannedCheckpoint], cells: Sequence[Planned
         if len(buckets) > 1:
             cases += [Case(c.name, None, unsupported or None, "bucket", label) for label in buckets]
         cases.append(Case(c.name, None, unsupported or None, "aggregate"))
+        if divergence:
+            cases += [Case(c.name, p.cell, unsupported or p.not_gated, signal=divergence) for p in cells]
+            if len(languages) > 1:
+                cases += [Case(c.name, None, unsupported or None, "language", code, divergence) for code in languages]
+            if len(buckets) > 1:
+                cases += [Case(c.name, None, unsupported or None, "bucket", label, divergence) for label in buckets]
+            cases.append(Case(c.name, None, unsupported or None, "aggregate", signal=divergence))
+        if trend and len(buckets) > 1:
+            for task in dict.fromkeys(p.cell.task for p in cells):
+                for signal in ([divergence] if divergence else []) + ["accuracy"]:
+                    cases.append(Case(c.name, None, unsupported or None, "trend", task, signal))
     return cases
 
 

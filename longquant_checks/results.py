@@ -40,6 +40,10 @@ class SampleResult:
     prompt_head: str = ""
     prompt_tail: str = ""
     answers: list[str] = field(default_factory=list)
+    # The divergence signal (divergence.py), absent where it was off: a reference's own answer's token trace
+    # (TokenTrace.to_json, stored with its baseline), a candidate's divergence from it (SampleDivergence.to_json).
+    trace: dict[str, Any] | None = None
+    divergence: dict[str, Any] | None = None
 
 
 @dataclass
@@ -61,6 +65,7 @@ class CellResult:
     longquant_version: str = ""
     rescored_from: str | None = None  # the scorer version the cached scores had, when re-scored on load
     prompt: dict[str, Any] = field(default_factory=dict)  # the prompt style: system prompt, answer prefix
+    divergence_unavailable: str = ""  # why the divergence was asked for but not measured (the engine cannot)
 
     @property
     def scores(self) -> list[float]:

@@ -35,7 +35,9 @@ from .setups import EngineSetup, check_settings, reference_settings
 from .tasks.base import TextSources
 from .text.fitting import FitError
 from .text.tokens import PromptTokenizer
-from .verdicts import Family, Outcome, PairedCell, Tolerances, decide_checkpoint
+from .divergence import SampleDivergence
+from .noise_floor import DivergenceTolerances, NoiseFloor
+from .verdicts import Family, Outcome, PairedCell, Tolerances, decide_checkpoint, decide_divergence
 
 __all__ = ["REFERENCE", "UPDATE_MODES", "Case", "GateRun", "Outcome"]
 
@@ -186,7 +188,8 @@ class GateRun:
         cells = plan_cells(g.tasks, g.buckets, g.languages, limit, self._too_long_hint(limit))
         checkpoints = [PlannedCheckpoint(n, self.engine_for(n), None if n == REFERENCE else self.config.candidate(n).recipe)
                        for n in self.checkpoint_names()]
-        return plan_cases(checkpoints, cells, self.device)
+        d = g.divergence
+        return plan_cases(checkpoints, cells, self.device, d.signal if d.enabled else None, d.enabled and d.trend)
 
     def allowed(self, not_gated: NotGated) -> bool:
         return not_gated.reason in self.allowed_not_gated
@@ -236,7 +239,7 @@ class GateRun:
         if label not in self._policies:
             store = BaselineStore(self.baseline_root, self.config.reference_name, label)
             self._policies[label] = BaselinePolicy(store, setup.baseline_setup(), self.update, self.limited,
-                                                   self.commands.refresh)
+                                                   self.commands.refresh, traces=self.config.gate.divergence.enabled)
         return self._policies[label]
 
     @property
@@ -247,8 +250,10 @@ class GateRun:
         """This checkpoint's runner on `setup` (default: its own); the previous engine is released first."""
         setup = setup or self.setup_for(name)
         label = name if name != REFERENCE or setup.kind == self.engine_kind else f"{REFERENCE}@{setup.kind}"
+        d = self.config.gate.divergence
+        top_k = d.top_k if d.enabled and name == REFERENCE else 0  # the reference's runs make the baselines
         return self._runners.get((name, setup.label()), lambda: CheckpointRunner(
-            self.checkpoint(name), setup, self.results, self.book, label=label, progress=self.progress))
+            self.checkpoint(name), setup, self.results, self.book, label=label, progress=self.progress, top_k=top_k))
 
     def close(self) -> None:
         self._runners.close()
@@ -311,47 +316,72 @@ class GateRun:
                 self._outcomes[c] = Outcome(c, not_gated=NotGated("no-fit", str(exc)))
                 continue
             todo.append(c)
+        cells = list(dict.fromkeys(c.cell for c in todo))  # a cell's accuracy and divergence cases share one run
         # Baselines first (may run the reference), then the checkpoint: one model loaded at a time, each
         # checkpoint's cells as one stream.
         try:
-            ran = self._run_reference(name, [c.cell for c in todo])
+            ran = self._run_reference(name, cells)
         except LongquantError as exc:
-            ran = {c.cell: exc for c in todo}
-        baselines: dict[Case, BaselineChoice] = {}
-        for c in todo:
+            ran = {c: exc for c in cells}
+        choices: dict[Cell, BaselineChoice | str] = {}
+        for cell in cells:
             try:
-                choice = self._baseline(name, c.cell, ran)
+                choice = self._baseline(name, cell, ran)
             except LongquantError as exc:
-                self._outcomes[c] = Outcome(c, error=str(exc))
+                choices[cell] = str(exc)
                 continue
-            if choice.problem:
-                self._outcomes[c] = Outcome(c, error=choice.problem,
-                                            baseline_file=str(self.baselines(self.baseline_setup_for(name))
-                                                              .file_for(c.cell.task)))
-            else:
-                baselines[c] = choice
+            choices[cell] = choice.problem if choice.problem else choice
+        baselines = {cell: ch for cell, ch in choices.items() if isinstance(ch, BaselineChoice)}
+        forced = {}
+        if self.config.gate.divergence.enabled:
+            for cell, choice in list(baselines.items()):
+                try:
+                    forced.update(choice.entry.traces())
+                except LongquantError as exc:
+                    choices[cell] = str(exc)
+                    del baselines[cell]
         try:
-            results = self.runner(name).run_many([c.cell for c in baselines]) if baselines else {}
+            results = self.runner(name).run_many(list(baselines), forced=forced) if baselines else {}
         except LongquantError as exc:  # the checkpoint itself cannot be resolved
-            results = {c.cell: exc for c in baselines}
-        paired, details = [], {}
-        for c, choice in baselines.items():
+            results = {cell: exc for cell in baselines}
+        store = self.baselines(self.baseline_setup_for(name))
+        paired, details, divergences = [], {}, {}
+        for c in todo:
+            choice = choices[c.cell]
+            if isinstance(choice, str):
+                self._outcomes[c] = Outcome(c, error=choice, baseline_file=str(store.file_for(c.cell.task)))
+                continue
             result = results[c.cell]
             if isinstance(result, Exception):
                 self._outcomes[c] = Outcome(c, error=f"{name}: {result}")
                 continue
-            ref_scores = {s["id"]: s["score"] for s in choice.entry.samples}
-            paired.append(PairedCell(c, [ref_scores[s.id] for s in result.samples], result.scores, choice.entry.mean))
             notes = choice.notes + version_notes(choice.entry, result.engine.get("versions", {}),
                                                  result.engine.get("device", ""), result.engine.get("settings", {}))
             if result.rescored_from:
                 notes.append(f"{name}'s stored outputs were re-scored (scorer v{result.rescored_from} -> "
                              f"v{result.scorer_version})")
-            store = self.baselines(self.baseline_setup_for(name))
             details[c] = dict(baseline_change=choice.change, notes=notes, result_file=result.path,
                               baseline_file=str(store.file_for(c.cell.task)),
                               seconds_per_sample=result.seconds_per_sample)
-        levels = [c for c in selected if c.level != "cell" and c not in self._outcomes]
+            if c.signal == "accuracy":
+                ref_scores = {s["id"]: s["score"] for s in choice.entry.samples}
+                paired.append(PairedCell(c, [ref_scores[s.id] for s in result.samples], result.scores,
+                                         choice.entry.mean))
+                continue
+            missing = [s.id for s in result.samples if s.divergence is None]
+            if missing:
+                why = result.divergence_unavailable or (f"{len(missing)} of {len(result.samples)} samples have no "
+                                                        "divergence measured")
+                self._outcomes[c] = Outcome(c, not_gated=NotGated("no-logprobs", f"{name} {c.cell.id}: {why}"),
+                                            **details[c])
+                continue
+            divergences[c] = [SampleDivergence.from_json(s.divergence).value(c.signal) for s in result.samples]
+        self._decide_accuracy(name, selected, paired, details)
+        self._decide_divergence(name, selected, divergences, details, paired)
+
+    def _decide_accuracy(self, name: str, selected: Sequence[Case], paired: list, details: dict) -> None:
+        levels = [c for c in selected if c.level not in ("cell", "trend") and c.signal == "accuracy"
+                  and c not in self._outcomes]
         if not paired:  # nothing to average (and a broken checkpoint has no precision to ask for)
             for c in levels:
                 self._outcomes[c] = Outcome(c, skip=f"none of the cells of {c.id} ran in this run")
@@ -365,6 +395,32 @@ class GateRun:
                 self._outcomes[c] = Outcome(c, skip=v)
             else:
                 self._outcomes[c] = Outcome(c, verdict=v, **details.get(c, {}))
+
+    def _decide_divergence(self, name: str, selected: Sequence[Case], divergences: dict, details: dict,
+                           paired: list) -> None:
+        """The divergence signal's cases and the length trends (divergence_gate.py), beside the accuracy ones."""
+        levels = [c for c in selected if (c.signal != "accuracy" or c.level == "trend") and c.level != "cell"
+                  and c not in self._outcomes]
+        if not divergences and not any(c.level == "trend" for c in levels):
+            for c in levels:
+                self._outcomes[c] = Outcome(c, skip=f"none of the cells of {c.id} ran in this run")
+            return
+        precision = self.precision_of(name)
+        decided = decide_divergence(name, precision, divergences, paired, levels, self.family(name),
+                                    self.divergence_tolerances(name), self.mode, self.config.gate.alpha, self.seed,
+                                    self.config.gate.divergence.signal)
+        for c, v in decided.items():
+            if isinstance(v, str):
+                self._outcomes[c] = Outcome(c, skip=v)
+            else:
+                self._outcomes[c] = Outcome(c, verdict=v, **details.get(c, {}))
+
+    def divergence_tolerances(self, name: str) -> DivergenceTolerances:
+        """The divergence tolerances of this checkpoint's precision: the config's allowances (else the defaults)
+        over the noise floor stored beside the baselines its reference setup made (none: the allowance alone)."""
+        d = self.config.gate.divergence
+        floor = NoiseFloor.load(self.baselines(self.baseline_setup_for(name)).folder)
+        return DivergenceTolerances.build(self.precision_of(name), d, floor)
 
     # -- messages ---------------------------------------------------------------------------------
     def failure_message(self, o: Outcome) -> str:

@@ -117,3 +117,49 @@ def decide_checkpoint(name: str, precision: str, paired: Sequence[PairedCell], l
         key = gate.level_id(case.level, case.group or "")
         out[case] = by_id.get(key) or f"none of the cells of {case.id} ran in this run (select them too)"
     return out
+
+
+def decide_divergence(name: str, precision: str, divergences: Mapping[Case, Sequence[float]],
+                      paired: Sequence[PairedCell], levels: Sequence[Case], family: Family, tolerances,
+                      mode: str, alpha: float, seed: int, signal: str) -> dict[Case, gate.Verdict | str]:
+    """Verdicts of the divergence cases (`divergences`: a cell case -> its per-sample divergence) and of the asked
+    `levels` (divergence languages / buckets / aggregate, and the length trends of the divergence and of the
+    accuracy drop, from `paired`), by divergence_gate; `tolerances`: noise_floor.DivergenceTolerances."""
+    from . import divergence_gate
+
+    out: dict[Case, gate.Verdict | str] = {}
+    by_id: dict[str, gate.Verdict] = {}
+    if divergences:
+        cells = [(c.cell.task, c.cell.bucket, c.cell.language, values) for c, values in divergences.items()]
+        planned = [(c.task, c.bucket, c.language) for c in family.planned] or None
+        for v in divergence_gate.gate_divergence(name, cells, tolerances.by_level, signal, mode, alpha, seed,
+                                                 planned):
+            by_id[v.cell_id] = v
+        for c in divergences:
+            out[c] = by_id[c.cell.id]
+    for case in levels:
+        if case.level == "trend":
+            out[case] = _trend(name, case, divergences, paired, tolerances, mode, alpha, seed)
+            continue
+        key = gate.level_id(case.level, case.group or "")
+        out[case] = by_id.get(key) or f"none of the cells of {case.id} ran in this run (select them too)"
+    return out
+
+
+def _trend(name: str, case: Case, divergences: Mapping[Case, Sequence[float]], paired: Sequence[PairedCell],
+           tolerances, mode: str, alpha: float, seed: int) -> gate.Verdict | str:
+    from . import divergence_gate
+
+    task = case.group
+    if case.signal == "accuracy":
+        cells = [(p.case.cell.bucket, [100 * (r - c) for r, c in zip(p.reference, p.candidate)])
+                 for p in paired if p.case.cell.task == task]
+        tolerance = tolerances.accuracy_trend
+    else:
+        cells = [(c.cell.bucket, v) for c, v in divergences.items() if c.cell.task == task]
+        tolerance = tolerances.trend
+    if len({b for b, _ in cells}) < 2:
+        return f"the length trend of {task} needs cells of two buckets that ran in this run; {len(cells)} ran"
+    # Holm family of one per trend: a trend is its own question, asked once per task and signal (alpha unshared).
+    return divergence_gate.length_trend(name, task, cells, tolerance, case.signal, mode, alpha,
+                                        gate._sub_seed(seed, "trend", task, case.signal))

@@ -82,5 +82,5 @@ def test_tolerance_rule_outside_the_plan_is_an_error(rule, named):
 
 def test_not_gated_reasons_are_checked():
     assert parse_config({"reference": "demo", "allow_not_gated": ["too-long"]}).gate.allow_not_gated == ["too-long"]
-    with pytest.raises(ConfigError, match="allow_not_gated.0: Input should be 'unsupported', 'too-long' or 'no-fit'"):
+    with pytest.raises(ConfigError, match="allow_not_gated.0: Input should be 'unsupported', 'too-long', 'no-fit' or 'no-logprobs'"):
         parse_config({"reference": "demo", "allow_not_gated": ["everything"]})

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
+from ..divergence import ForcedScores, TokenTrace
 from ..schema import Sample
 
 
@@ -19,6 +20,21 @@ class Output:
     n_output_tokens: int
     seconds: float
     finish_reason: str = ""  # "stop" (end of sequence) or "length" (hit max_new_tokens)
+    trace: TokenTrace | None = None  # Scoring.top_k > 0: this answer's own tokens and top-k log-probabilities
+    forced: ForcedScores | None = None  # Scoring.forced: the given reference answer teacher-forced through this model
+
+
+@dataclass
+class Scoring:
+    """What an engine measures beside each answer, for the divergence signal (divergence.py). `top_k` > 0: each
+    output carries its own answer's TokenTrace (the reference's side, stored with its baseline). `forced`: sample
+    id -> the reference's trace, teacher-forced through this model on the same prompt (the candidate's side)."""
+
+    top_k: int = 0
+    forced: Mapping[str, TokenTrace] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return self.top_k > 0 or bool(self.forced)
 
 
 @dataclass
@@ -47,6 +63,8 @@ class Engine:
 
     info: EngineInfo
     max_model_len: int
+    # Why `stream` cannot honour a Scoring (the accuracy gate then stands alone); None where it can.
+    divergence_unavailable: str | None = "this engine does not measure token log-probabilities"
 
     def __enter__(self) -> "Engine":
         return self
@@ -63,9 +81,10 @@ class Engine:
         engine itself measured), caveats. Empty where the engine cannot tell."""
         return {}
 
-    def stream(self, samples: Iterable[Sample]) -> Iterator[tuple[int, Output]]:
+    def stream(self, samples: Iterable[Sample], scoring: Scoring | None = None) -> Iterator[tuple[int, Output]]:
         """Greedy answers as they finish, as (position in `samples`, output), in any order. `samples` is consumed
-        lazily, so a plan larger than memory can be fed from a generator; every sample is answered once."""
+        lazily, so a plan larger than memory can be fed from a generator; every sample is answered once.
+        `scoring` (where `divergence_unavailable` is None): the traces and forced scores to attach to the outputs."""
         raise NotImplementedError
 
     def generate(self, samples: Sequence[Sample], max_new_tokens: int | None = None) -> list[Output]:

@@ -10,11 +10,14 @@ import time
 import warnings
 from typing import Iterable, Iterator, Sequence
 
+from ..divergence import TokenTrace, forced_from_logprobs, trace_from_logprobs
 from ..schema import Sample
-from .base import Engine, EngineInfo, Output, by_cell, cpu_dtype
+from .base import Engine, EngineInfo, Output, Scoring, by_cell, cpu_dtype
 
 
 class HFEngine(Engine):
+    divergence_unavailable = None  # full distributions: exact teacher-forced scores
+
     def __init__(self, model_path: str, dtype: str = "auto", device: str | None = None, batch_size: int = 4,
                  trust_remote_code: bool = False, max_model_len: int | None = None,
                  inflight: dict | None = None, kv_cache: dict | None = None):
@@ -81,19 +84,25 @@ class HFEngine(Engine):
             self.model = None
             self._release_cache()
 
-    def stream(self, samples: Iterable[Sample]) -> Iterator[tuple[int, Output]]:
+    def stream(self, samples: Iterable[Sample], scoring: Scoring | None = None) -> Iterator[tuple[int, Output]]:
         # No continuous batching here: each cell is batched on its own, similar lengths together (small padding),
         # so a cell's batches, and thus its float answers, do not depend on which other cells share the run.
+        scoring = scoring or Scoring()
         for group in by_cell(samples):
-            yield from self._cell(group)
+            forced = [(i, s) for i, s in group if s.id in scoring.forced]
+            for position, sample in forced:
+                yield position, self._forced_answer(sample, scoring.forced[sample.id])
+            rest = [(i, s) for i, s in group if s.id not in scoring.forced]
+            if rest:
+                yield from self._cell(rest, scoring.top_k)
 
-    def _cell(self, group: list[tuple[int, Sample]]) -> Iterator[tuple[int, Output]]:
+    def _cell(self, group: list[tuple[int, Sample]], top_k: int = 0) -> Iterator[tuple[int, Output]]:
         order = sorted(group, key=lambda pair: pair[1].n_tokens)
         start = 0
         while start < len(order):
             batch = order[start:start + self.batch_size]
             try:
-                outputs = self._generate_batch([s for _, s in batch])
+                outputs = self._generate_batch([s for _, s in batch], top_k)
             except Exception as exc:  # out of memory: halve the batch and retry it (long buckets on small GPUs)
                 if not _is_out_of_memory(exc) or len(batch) == 1:
                     if _is_out_of_memory(exc):
@@ -108,7 +117,53 @@ class HFEngine(Engine):
             yield from ((position, out) for (position, _), out in zip(batch, outputs))
             start += len(batch)
 
-    def _generate_batch(self, batch: Sequence[Sample]) -> list[Output]:
+    def _eos_ids(self) -> set[int]:
+        eos = self.model.generation_config.eos_token_id
+        return set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
+
+    def _forced_answer(self, s: Sample, trace: TokenTrace) -> Output:
+        """The reference's answer teacher-forced through this model in one forward pass over prompt + answer, and
+        this model's own greedy answer from the same pass: it agrees with the reference's tokens up to the first
+        position where its argmax differs, takes its argmax there, and only from there on is decoded (the prompt's
+        cache, cropped to that point, is reused), so the long prompt is computed once for both signals."""
+        torch = self._torch
+        answer = [int(t) for t in trace.ids[:s.max_new_tokens]]
+        if len(answer) < len(trace):
+            raise ValueError(f"sample {s.id}: the reference's answer has {len(trace)} tokens, over this sample's "
+                             f"budget of {s.max_new_tokens}")
+        n_prompt = s.n_tokens
+        t0 = time.perf_counter()
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
+            ids = torch.tensor([s.prompt_token_ids.tolist() + answer], dtype=torch.long, device=self.device)
+            out = self.model(input_ids=ids, use_cache=True)
+            rows = out.logits[0, n_prompt - 1:n_prompt - 1 + len(answer)].float().log_softmax(-1)
+            forced = forced_from_logprobs(trace, rows.cpu().numpy())
+            disagree = [t for t in range(len(answer)) if int(forced.argmax_ids[t]) != answer[t]]
+            new = answer[:disagree[0]] + [int(forced.argmax_ids[disagree[0]])] if disagree else list(answer)
+            eos = self._eos_ids()
+            if new and new[-1] not in eos and len(new) < s.max_new_tokens:
+                cache = out.past_key_values
+                # Keep prompt + new[:-1]: the last token is fed again (generate needs one uncached token).
+                cache.crop(-(cache.get_seq_length() - (n_prompt + len(new) - 1)))
+                full = torch.tensor([s.prompt_token_ids.tolist() + new], dtype=torch.long, device=self.device)
+                more = self.model.generate(input_ids=full, attention_mask=torch.ones_like(full), past_key_values=cache,
+                                           max_new_tokens=s.max_new_tokens - len(new), do_sample=False,
+                                           pad_token_id=self.pad_id)
+                new += more[0, full.shape[1]:].tolist()
+        finish = "length"
+        for k, tid in enumerate(new):
+            if tid in eos:
+                new, finish = new[:k], "stop"
+                break
+        new = new[:s.max_new_tokens]
+        elapsed = time.perf_counter() - t0
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        if elapsed > 0:
+            self._batch_rates.append((n_prompt / elapsed, len(new) / elapsed))
+        return Output(s.id, text, n_prompt, len(new), elapsed, finish, forced=forced)
+
+    def _generate_batch(self, batch: Sequence[Sample], top_k: int = 0) -> list[Output]:
         torch = self._torch
         budget = max(s.max_new_tokens for s in batch)
         width = max(s.n_tokens for s in batch)
@@ -124,24 +179,32 @@ class HFEngine(Engine):
                 input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device),
                 max_new_tokens=budget, do_sample=False, pad_token_id=self.pad_id,
                 **({"cache_implementation": "quantized", "cache_config": dict(self.kv_cache)} if self.kv_cache else {}),
+                # The raw logits of each step (before any processor), for the answer's trace.
+                **({"output_logits": True, "return_dict_in_generate": True} if top_k else {}),
             )
+        step_logits = generated.logits if top_k else None
+        generated = generated.sequences if top_k else generated
         elapsed = time.perf_counter() - t0
         seconds = elapsed / len(batch)
-        eos = self.model.generation_config.eos_token_id
-        eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
+        eos_ids = self._eos_ids()
         outputs = []
         for row, s in enumerate(batch):
             new = generated[row, width:].tolist()
-            finish = "length"
+            finish, kept = "length", len(new)
             for k, tid in enumerate(new):
                 if tid in eos_ids:
-                    new, finish = new[:k], "stop"
+                    new, finish, kept = new[:k], "stop", k + 1  # the trace keeps the stop token: stopping counts
                     break
             limit = s.max_new_tokens
             if len(new) > limit:  # a batch-mate had a larger budget
-                new, finish = new[:limit], "length"
+                new, finish, kept = new[:limit], "length", limit
             text = self.tokenizer.decode(new, skip_special_tokens=True)
-            outputs.append(Output(s.id, text, s.n_tokens, len(new), seconds, finish))
+            trace = None
+            if top_k:
+                ids = generated[row, width:width + kept].tolist()
+                rows = torch.stack([step_logits[t][row] for t in range(kept)]).float().log_softmax(-1)
+                trace = trace_from_logprobs(ids, rows.cpu().numpy(), top_k)
+            outputs.append(Output(s.id, text, s.n_tokens, len(new), seconds, finish, trace=trace))
         if elapsed > 0:
             self._batch_rates.append((sum(s.n_tokens for s in batch) / elapsed,
                                       sum(o.n_output_tokens for o in outputs) / elapsed))

@@ -1,0 +1,175 @@
+"""The divergence signal's statistics (divergence.py measures it): per-cell, per-language, per-bucket and overall
+tests on the per-sample divergence from the reference, and the length-trend test. Pure functions, like gate.py,
+whose Verdict, Holm (`decide`) and alpha shares they reuse, so both signals read the same way.
+
+A sample's divergence d_i (oriented: larger is worse; `SampleDivergence.value`) already compares the candidate with
+the reference on that sample, so a cell's test is on the mean of d_i against the tolerance T in the signal's own
+units (KL and NLL in nats per answer token, top-1 as the share of positions that disagree):
+- the reported "drop" is mean(d), its interval a bootstrap percentile interval (two-sided 1 - 2*alpha);
+- p is one-sided for H0: E[d] <= T, by the bootstrap test of Efron & Tibshirani (1993, 16.4): resample the data
+  shifted to satisfy H0 (d - mean(d) + T) and count resampled means at least the observed one. A divergence is
+  skewed (most samples near the floor, a few far above it), which is why this is not a t-test;
+- modes and Holm over the planned family as for accuracy (gate.py): default fails when mean(d) > T and the
+  adjusted p < alpha; point when mean(d) > T; strict unless the one-sided upper bound is below T.
+Averages over cells (languages, buckets, all) weigh each cell the same and resample within each cell.
+
+Length trend, per candidate and task: the slope of a per-sample quantity (a divergence, or the accuracy drop
+reference - candidate in points) against log2 of the bucket, by least squares over the cells' means (each cell
+weighs the same), i.e. the change per doubling of the input. Its interval and one-sided p (H0: slope <= T) come
+from a stratified bootstrap of the samples within each cell (shifted to H0 for p). It needs two buckets.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from . import gate
+from .errors import UnknownValueError
+from .schema import bucket_label, parse_bucket
+
+UNITS = {"kl": "nats/token KL", "nll": "nats/token NLL", "top1": "top-1 disagreement", "accuracy": "points"}
+_POWER_Z = 0.8416212335729143  # z of 80% power
+
+
+def _values(values: Any, where: str) -> np.ndarray:
+    array = np.asarray(values, dtype=float).reshape(-1)
+    if array.size == 0:
+        raise gate.GateInputError(f"{where}: no per-sample divergence; a cell needs at least one sample")
+    if not np.all(np.isfinite(array)):
+        bad = int(np.flatnonzero(~np.isfinite(array))[0])
+        raise gate.GateInputError(f"{where}: divergence[{bad}] is {array[bad]}; divergences must be finite")
+    return array
+
+
+def _format(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def _stratified_means(cells: Sequence[np.ndarray], rng: np.random.Generator, n_resamples: int) -> np.ndarray:
+    """Bootstrap means of the cells' equally weighted average: each cell resampled within itself."""
+    total = np.zeros(n_resamples)
+    for d in cells:
+        picks = rng.integers(0, d.size, size=(n_resamples, d.size))
+        total += d[picks].mean(axis=1)
+    return total / len(cells)
+
+
+def _verdict(candidate: str, cell_id: str, level: str, group: str, cells: Sequence[np.ndarray], tolerance: gate.Tolerance,
+             signal: str, mode: str, alpha: float, seed: int, n_resamples: int, what: str) -> gate.Verdict:
+    gate._check_settings(mode, alpha, n_resamples)
+    rng = np.random.default_rng(seed)
+    observed = float(np.mean([d.mean() for d in cells]))
+    means = _stratified_means(cells, rng, n_resamples)
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    # Shifted to H0 (mean = T): the share of resampled means at least the observed one.
+    shifted = means - observed + tolerance.points
+    p = (1 + int(np.count_nonzero(shifted >= observed - 1e-12))) / (n_resamples + 1)
+    n = int(sum(d.size for d in cells))
+    se = float(np.std(means)) or 1e-12
+    mdd = (gate._z(alpha) + _POWER_Z) * se  # the excess over T found with 80% power
+    delta = -observed
+    ci_low, ci_high = min(-float(high), delta), max(-float(low), delta)
+    unit = UNITS[signal]
+    outcome, reason = gate._outcome(mode, delta, ci_low, p, tolerance, alpha, 1 - 2 * alpha, adjusted=False, unit=unit)
+    notes = []
+    if np.all(np.concatenate(cells) == 0):
+        notes.append(f"every sample's {signal} is 0: identical to the reference's stored side")
+    return gate.Verdict(candidate=candidate, cell_id=cell_id, outcome=outcome, n=n, reference_mean=0.0,
+                        candidate_mean=observed, delta=delta, ci_low=ci_low, ci_high=ci_high, p_value=p, p_adjusted=p,
+                        tolerance=tolerance, mode=mode, min_detectable_drop=mdd, warnings=notes, stale=False,
+                        reason=reason, ci_level=1 - 2 * alpha, alpha=alpha,
+                        p_method=f"bootstrap test of the mean, shifted to H0 ({n_resamples} resamples)",
+                        ci_method=f"{'stratified ' if len(cells) > 1 else ''}bootstrap percentile "
+                                  f"({n_resamples} resamples)",
+                        p_floor=1 / (n_resamples + 1), n_cells=len(cells), level=level, group=group,
+                        null_variance=None, signal=signal, unit=unit)
+
+
+def compare_divergence(candidate: str, cell_id: str, values: Any, tolerance: gate.Tolerance, signal: str = "kl",
+                       mode: str = "default", alpha: float = 0.05, seed: int = 0,
+                       n_resamples: int = 2000) -> gate.Verdict:
+    """One cell's divergence test (module docstring); the outcome is before Holm (see gate.decide)."""
+    if signal not in UNITS or signal == "accuracy":
+        raise UnknownValueError("divergence signal", signal, ("kl", "nll", "top1"))
+    where = f"cell {cell_id} (candidate {candidate})"
+    return _verdict(candidate, cell_id, "cell", "", [_values(values, where)], tolerance, signal, mode, alpha, seed,
+                    n_resamples, where)
+
+
+def gate_divergence(candidate: str, cells: Sequence[tuple[str, Any, str, Any]],
+                    tolerances_by_level: Mapping[str, gate.Tolerance], signal: str = "kl", mode: str = "default",
+                    alpha: float = 0.05, seed: int = 0, planned: Iterable[Any] | None = None,
+                    n_resamples: int = 2000, correction: str = "holm") -> list[gate.Verdict]:
+    """Every divergence gate of one candidate, as gate.gate_candidate does for accuracy: `cells` are
+    (task, bucket, language, per-sample divergences) of the cells that ran; each level a Holm family over the
+    plan at its share of alpha. Returns cells, languages, buckets, then the aggregate ("ALL")."""
+    given = [(t, parse_bucket(b), lang, _values(v, f"cell {t}-{b}-{lang} (candidate {candidate})"))
+             for t, b, lang, v in cells]
+    if not given:
+        return []
+    keys = gate._plan_keys(planned, [gate.PairedCell(t, b, lang, [0], [0]) for t, b, lang, _ in given])
+    shares = gate.alpha_shares(keys)
+    out = []
+    verdicts = [_verdict(candidate, f"{t}-{bucket_label(b)}-{lang}", "cell", "", [v], tolerances_by_level["cell"],
+                         signal, mode, alpha, gate._sub_seed(seed, "kl-cell", t, str(b), lang), n_resamples,
+                         f"cell {t}-{bucket_label(b)}-{lang}") for t, b, lang, v in given]
+    out += gate.decide(verdicts, alpha, family_size=len(keys), alpha_share=shares["cell"], correction=correction)
+    for level in ("language", "bucket"):
+        groups = gate._level_groups(keys, level)
+        if len(groups) <= 1:
+            continue
+        level_verdicts = []
+        for g in groups:
+            members = [v for t, b, lang, v in given if gate._group((t, b, lang), level) == g]
+            if members:
+                level_verdicts.append(_verdict(candidate, gate.level_id(level, g), level, g, members,
+                                               tolerances_by_level[level], signal, mode, alpha,
+                                               gate._sub_seed(seed, "kl", level, g), n_resamples, f"{level} {g}"))
+        out += gate.decide(level_verdicts, alpha, family_size=len(groups), alpha_share=shares[level],
+                           correction=correction)
+    agg = _verdict(candidate, "ALL", "aggregate", "", [v for *_, v in given], tolerances_by_level["aggregate"],
+                   signal, mode, alpha, gate._sub_seed(seed, "kl", "ALL"), n_resamples, "the average")
+    return out + gate.decide([agg], alpha, alpha_share=shares["aggregate"], correction=correction)
+
+
+def length_trend(candidate: str, task: str, cells: Sequence[tuple[Any, Any]], tolerance: gate.Tolerance,
+                 signal: str = "kl", mode: str = "default", alpha: float = 0.05, seed: int = 0,
+                 n_resamples: int = 2000) -> gate.Verdict:
+    """The slope of a per-sample quantity against log2(bucket) over one task's cells (module docstring): `cells`
+    are (bucket, per-sample values), several cells per bucket allowed (its languages). A verdict of level "trend",
+    id "trend:<task>", whose "drop" is the slope per doubling of the input length."""
+    gate._check_settings(mode, alpha, n_resamples)
+    if signal not in UNITS:
+        raise UnknownValueError("trend signal", signal, tuple(UNITS))
+    where = f"length trend of {task} (candidate {candidate})"
+    xs = np.array([math.log2(parse_bucket(b)) for b, _ in cells])
+    data = [_values(v, where) for _, v in cells]
+    if len(set(xs.tolist())) < 2:
+        raise gate.GateInputError(f"{where}: a trend needs cells in at least two buckets")
+    centred = xs - xs.mean()
+    weights = centred / float(np.sum(centred ** 2))  # slope = sum(w_c * mean_c): least squares over cell means
+    slope = float(sum(w * d.mean() for w, d in zip(weights, data)))
+    rng = np.random.default_rng(seed)
+    boot = np.zeros(n_resamples)
+    for w, d in zip(weights, data):
+        boot += w * d[rng.integers(0, d.size, size=(n_resamples, d.size))].mean(axis=1)
+    low, high = np.quantile(boot, [alpha, 1 - alpha])
+    shifted = boot - slope + tolerance.points
+    p = (1 + int(np.count_nonzero(shifted >= slope - 1e-12))) / (n_resamples + 1)
+    unit = UNITS[signal] + " per doubling of length"
+    delta = -slope
+    ci_low, ci_high = min(-float(high), delta), max(-float(low), delta)
+    outcome, reason = gate._outcome(mode, delta, ci_low, p, tolerance, alpha, 1 - 2 * alpha, adjusted=False, unit=unit,
+                                    what="slope")
+    mdd = (gate._z(alpha) + _POWER_Z) * (float(np.std(boot)) or 1e-12)
+    return gate.Verdict(candidate=candidate, cell_id=f"trend:{task}", outcome=outcome, n=int(sum(d.size for d in data)),
+                        reference_mean=0.0, candidate_mean=slope, delta=delta, ci_low=ci_low, ci_high=ci_high,
+                        p_value=p, p_adjusted=p, tolerance=tolerance, mode=mode, min_detectable_drop=mdd, warnings=[],
+                        stale=False, reason=reason, ci_level=1 - 2 * alpha, alpha=alpha,
+                        p_method=f"stratified bootstrap test of the slope, shifted to H0 ({n_resamples} resamples)",
+                        ci_method=f"stratified bootstrap percentile ({n_resamples} resamples)",
+                        p_floor=1 / (n_resamples + 1), n_cells=len(data), level="trend", group=task,
+                        null_variance=None, signal=signal, unit=unit)
