@@ -23,25 +23,28 @@ FLOOR_FILE = "noise_floor.json"
 FLOOR_SCHEMA = 1
 
 # Allowed divergence over the floor, per signal, level and precision class. KL and NLL in nats per answer token,
-# top1 as the share of answer positions whose argmax differs. For scale: llama.cpp measures q8_0 at mean KL 0.0014
-# and q4_K_M at 0.031 on Llama-3-8B over free text; a copied answer is a confident one, so less. The 16-bit class
-# (bf16 vs fp16, another engine) gets the floor alone. docs/divergence.md gives the demo's measured figures.
-DEFAULT_ALLOWANCE: dict[str, dict[str, dict[str, float]]] = {
-    "kl": {"cell": {"16-bit": 0.0, "8-bit": 0.02, "4-bit": 0.05},
-           "language": {"16-bit": 0.0, "8-bit": 0.015, "4-bit": 0.04},
-           "bucket": {"16-bit": 0.0, "8-bit": 0.015, "4-bit": 0.04},
-           "aggregate": {"16-bit": 0.0, "8-bit": 0.01, "4-bit": 0.03}},
-    "nll": {"cell": {"16-bit": 0.0, "8-bit": 0.02, "4-bit": 0.05},
-            "language": {"16-bit": 0.0, "8-bit": 0.015, "4-bit": 0.04},
-            "bucket": {"16-bit": 0.0, "8-bit": 0.015, "4-bit": 0.04},
-            "aggregate": {"16-bit": 0.0, "8-bit": 0.01, "4-bit": 0.03}},
-    "top1": {"cell": {"16-bit": 0.0, "8-bit": 0.02, "4-bit": 0.05},
-             "language": {"16-bit": 0.0, "8-bit": 0.015, "4-bit": 0.04},
-             "bucket": {"16-bit": 0.0, "8-bit": 0.015, "4-bit": 0.04},
-             "aggregate": {"16-bit": 0.0, "8-bit": 0.01, "4-bit": 0.03}},
-}
+# top1 as the share of answer positions whose argmax differs. Set from the demo (docs/divergence.md: SmolLM2-135M,
+# niah_single_2/3, 1K-2K, en/es/ru, CPU float32): GPTQ int8 0.001-0.006 KL per cell, LLM.int8 0.007-0.026, NF4
+# 0.06-0.39; the floor (the reference against itself) ~1e-9. A cell swings more than an average, so it gets the most.
+# For scale, llama.cpp measures free text on Llama-3-8B at mean KL 0.0014 for q8_0 and 0.031 for q4_K_M: a large
+# model's confident answer tokens diverge less than a 135M model's, so tighten these per model (config
+# `[divergence]`) once its own 8-bit figures are known. 16-bit (bf16 vs fp16, another engine) gets 1e-4 nats, 4x
+# llama.cpp's bf16-vs-fp16 floor of 0.000025, and one position in a hundred for top1.
+_KL = {"cell": {"16-bit": 1e-4, "8-bit": 0.04, "4-bit": 0.10},
+       "language": {"16-bit": 1e-4, "8-bit": 0.03, "4-bit": 0.08},
+       "bucket": {"16-bit": 1e-4, "8-bit": 0.03, "4-bit": 0.08},
+       "aggregate": {"16-bit": 1e-4, "8-bit": 0.02, "4-bit": 0.06}}
+_TOP1 = {"cell": {"16-bit": 0.01, "8-bit": 0.10, "4-bit": 0.20},
+         "language": {"16-bit": 0.01, "8-bit": 0.08, "4-bit": 0.15},
+         "bucket": {"16-bit": 0.01, "8-bit": 0.08, "4-bit": 0.15},
+         "aggregate": {"16-bit": 0.01, "8-bit": 0.06, "4-bit": 0.12}}
+# The floor enters at twice its upper bound: another run of the reference against itself scatters around the floor's
+# mean and can land above the floor's own 97.5% bound; the margin (with the 16-bit allowance) keeps such an A/A run
+# passing (tests/test_engine_hf.py: A/A runs at other batch sizes).
+FLOOR_MARGIN = 2.0
+DEFAULT_ALLOWANCE: dict[str, dict[str, dict[str, float]]] = {"kl": _KL, "nll": _KL, "top1": _TOP1}
 # Growth per doubling of the input: of the divergence (its units), of the accuracy drop (points).
-DEFAULT_TREND: dict[str, float] = {"16-bit": 0.0, "8-bit": 0.01, "4-bit": 0.02}
+DEFAULT_TREND: dict[str, float] = {"16-bit": 0.0, "8-bit": 0.02, "4-bit": 0.05}
 DEFAULT_ACCURACY_TREND: dict[str, float] = {"16-bit": 5.0, "8-bit": 10.0, "4-bit": 15.0}
 
 
@@ -119,8 +122,9 @@ class DivergenceTolerances:
     def build(cls, precision: str, config: Any, floor: NoiseFloor | None) -> "DivergenceTolerances":
         """`config`: config.DivergenceConfig (its per-level allowances override the defaults)."""
         signal = config.signal
-        base = floor.upper(signal) if floor else 0.0
-        where = (f"noise floor {base:.3g} (upper 95% bound, measured {floor.date})" if floor else
+        base = FLOOR_MARGIN * floor.upper(signal) if floor else 0.0
+        where = (f"noise floor {FLOOR_MARGIN:g} x {floor.upper(signal):.3g} (its upper 95% bound, measured "
+                 f"{floor.date})" if floor else
                  "no noise floor measured (`longquant noise-floor` stores one beside the baselines)")
         by_level = {}
         for level in ("cell", "language", "bucket", "aggregate"):

@@ -465,20 +465,22 @@ def lq_engine(request: pytest.FixtureRequest, lq_run: GateRun, lq_checkpoint):
 def _record(item: pytest.Item, o: Outcome, run: GateRun) -> None:
     """Per-test figures into user_properties: they reach JUnit XML and, under xdist, the controller."""
     case = o.case
-    props: list[tuple[str, Any]] = [("lq_checkpoint", case.checkpoint),
-                                    ("lq_cell", case.cell.id if case.cell else case.id.split("-", 1)[1]),
-                                    ("lq_level", case.level), ("lq_status", o.status)]
+    rest = case.cell.id if case.cell else case.id.split("-", 1 if case.signal == "accuracy" else 2)[-1]
+    props: list[tuple[str, Any]] = [("lq_checkpoint", case.checkpoint), ("lq_cell", rest), ("lq_level", case.level),
+                                    ("lq_status", o.status), ("lq_signal", case.signal)]
     if o.not_gated:
         props += [("lq_not_gated", o.not_gated.reason), ("lq_not_gated_detail", o.not_gated.detail),
                   ("lq_allowed", run.allowed(o.not_gated))]
     v = o.verdict
     if v is not None:
-        props += [("lq_n", v.n), ("lq_reference", round(v.reference_mean, 2)), ("lq_candidate", round(v.candidate_mean, 2)),
-                  ("lq_delta", round(v.delta, 2)), ("lq_ci", f"[{v.ci_low:.2f}, {v.ci_high:.2f}]"),
-                  ("lq_ci_low", round(v.ci_low, 2)), ("lq_ci_high", round(v.ci_high, 2)),
+        digits = 2 if v.unit == "points" else 6  # a divergence in nats/token lives in the third decimal and below
+        props += [("lq_n", v.n), ("lq_reference", round(v.reference_mean, digits)),
+                  ("lq_candidate", round(v.candidate_mean, digits)), ("lq_unit", v.unit),
+                  ("lq_delta", round(v.delta, digits)), ("lq_ci", f"[{v.ci_low:.{digits}f}, {v.ci_high:.{digits}f}]"),
+                  ("lq_ci_low", round(v.ci_low, digits)), ("lq_ci_high", round(v.ci_high, digits)),
                   ("lq_p", round(v.p_value, 5)), ("lq_p_holm", round(v.p_adjusted, 5)),
-                  ("lq_tolerance", round(v.tolerance.points, 2)), ("lq_tolerance_source", v.tolerance.source),
-                  ("lq_mdd", round(v.min_detectable_drop, 2)), ("lq_stale", v.stale)]
+                  ("lq_tolerance", round(v.tolerance.points, digits)), ("lq_tolerance_source", v.tolerance.source),
+                  ("lq_mdd", round(v.min_detectable_drop, digits)), ("lq_stale", v.stale)]
         if v.warnings:
             props.append(("lq_warnings", " | ".join(v.warnings)))
     try:  # the checkpoint's precision class, as the gate used it (a checkpoint that cannot be resolved has none)
@@ -496,6 +498,9 @@ def _record(item: pytest.Item, o: Outcome, run: GateRun) -> None:
         props.append(("lq_baseline_file", o.baseline_file))
     if o.seconds_per_sample is not None:
         props.append(("lq_seconds_per_sample", round(o.seconds_per_sample, 3)))
+    if o.flips is not None:
+        props += [("lq_flips_lost", len(o.flips["lost"])), ("lq_flips_gained", len(o.flips["gained"])),
+                  ("lq_flips", o.flips)]
     if o.error:
         props.append(("lq_error", o.error.splitlines()[0][:300]))
     item.user_properties.extend(props)

@@ -37,7 +37,7 @@ from .text.fitting import FitError
 from .text.tokens import PromptTokenizer
 from .divergence import SampleDivergence
 from .noise_floor import DivergenceTolerances, NoiseFloor
-from .verdicts import Family, Outcome, PairedCell, Tolerances, decide_checkpoint, decide_divergence
+from .verdicts import Family, Outcome, PairedCell, Tolerances, decide_checkpoint, decide_divergence, flips
 
 __all__ = ["REFERENCE", "UPDATE_MODES", "Case", "GateRun", "Outcome"]
 
@@ -367,6 +367,7 @@ class GateRun:
                 ref_scores = {s["id"]: s["score"] for s in choice.entry.samples}
                 paired.append(PairedCell(c, [ref_scores[s.id] for s in result.samples], result.scores,
                                          choice.entry.mean))
+                details[c] = {**details[c], "flips": flips(ref_scores, [(s.id, s.score) for s in result.samples])}
                 continue
             missing = [s.id for s in result.samples if s.divergence is None]
             if missing:
@@ -421,6 +422,44 @@ class GateRun:
         d = self.config.gate.divergence
         floor = NoiseFloor.load(self.baselines(self.baseline_setup_for(name)).folder)
         return DivergenceTolerances.build(self.precision_of(name), d, floor)
+
+    def measure_noise_floor(self) -> tuple[Path, NoiseFloor]:
+        """The reference teacher-forced on its own stored traces over the planned cells (another batch shape than
+        the one that made them), stored as noise_floor.json beside those baselines."""
+        from .divergence import SIGNALS
+
+        setup = self.reference_setup(self.engine_kind)
+        store = self.baselines(setup)
+        cells = [c.cell for c in self.cases() if c.checkpoint == self.checkpoint_names()[-1] and c.level == "cell"
+                 and c.signal == "accuracy" and not c.not_gated] if self.config.gate.candidates else []
+        if not cells:
+            raise LongquantError("the plan has no cell to measure a noise floor on (it needs a candidate and cells)")
+        forced = {}
+        for cell in cells:
+            entry = store.get(cell)
+            if entry is None or not entry.has_traces:
+                raise LongquantError(f"no baseline with token traces for {cell.id} in {store.file_for(cell.task)}: "
+                                     "turn on [divergence] in the config and run `longquant baseline --mode failed` "
+                                     "first")
+            forced.update(entry.traces())
+        runner = CheckpointRunner(self.reference, setup, self.results, self.book, label="reference-floor",
+                                  progress=self.progress)
+        try:
+            results = runner.run_many(cells, forced=forced)
+        finally:
+            runner.close()
+        per_cell = {}
+        for cell, result in results.items():
+            if isinstance(result, Exception):
+                raise LongquantError(f"noise floor, {cell.id}: {result}")
+            measured = [SampleDivergence.from_json(s.divergence) for s in result.samples if s.divergence]
+            if not measured:
+                raise LongquantError(f"noise floor, {cell.id}: {result.divergence_unavailable or 'nothing measured'}")
+            per_cell[cell.id] = {sig: [d.value(sig) for d in measured] for sig in SIGNALS}
+        floor = NoiseFloor.measure(per_cell, f"{self.config.reference_name} on {setup.label()}: teacher-forced "
+                                   "one sample at a time against its traces from batched generation",
+                                   self.reference.fingerprint, self.seed)
+        return floor.save(store.folder), floor
 
     # -- messages ---------------------------------------------------------------------------------
     def failure_message(self, o: Outcome) -> str:

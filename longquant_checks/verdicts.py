@@ -42,6 +42,8 @@ class Outcome:
     result_file: str | None = None
     baseline_file: str | None = None
     seconds_per_sample: float | None = None
+    # An accuracy cell's churn against its baseline: sample ids that went correct -> wrong and wrong -> correct.
+    flips: dict[str, list[str]] | None = None
 
     @property
     def status(self) -> str:
@@ -52,6 +54,14 @@ class Outcome:
         if self.error:
             return "error"
         return self.verdict.outcome if self.verdict else "error"
+
+
+def flips(reference: Mapping[str, float], candidate: Sequence[tuple[str, float]]) -> dict[str, list[str]]:
+    """Per sample id: correct (score > 0.5) in the reference and not in the candidate ("lost"), or the reverse
+    ("gained"). The net change alone hides churn: +2 -2 is no change in accuracy but four changed answers."""
+    lost = [sid for sid, score in candidate if reference[sid] > 0.5 >= score]
+    gained = [sid for sid, score in candidate if score > 0.5 >= reference[sid]]
+    return {"lost": lost, "gained": gained}
 
 
 @dataclass(frozen=True)

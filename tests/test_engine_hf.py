@@ -76,3 +76,62 @@ def test_batch_is_halved_on_out_of_memory_and_answers_stay_the_same(demo_path, s
         with pytest.raises(MemoryError, match="even at batch size 1"):
             engine.model.generate = lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError("out of memory"))
             engine.generate(samples[:1])
+
+
+def test_teacher_forced_divergence_on_the_real_model(demo_path, samples, reference_outputs, damaged):
+    """The reference's traces (from its batched greedy generation) teacher-forced through itself and through a
+    damaged copy: the reference's own answers come back unchanged with ~0 divergence (the float noise of another
+    batch shape); the damaged model diverges measurably. The answer each derives from the forced pass is its own
+    greedy answer (the same text as its plain generation)."""
+    from longquant_checks.divergence import measure
+    from longquant_checks.engines.base import Scoring
+
+    with open_engine("hf", str(demo_path), batch_size=3) as engine:
+        traced = dict(engine.stream(samples, Scoring(top_k=20)))
+        traces = {samples[i].id: o.trace for i, o in traced.items()}
+        assert [traced[i].text for i in range(len(samples))] == [o.text for o in reference_outputs]
+        assert all(t.k == 20 and len(t) == traced[i].n_output_tokens + (traced[i].finish_reason == "stop")
+                   for i, t in ((i, traces[samples[i].id]) for i in traced))
+        again = dict(engine.stream(samples, Scoring(forced=traces)))
+    for i, out in again.items():
+        d = measure(traces[samples[i].id], out.forced)
+        assert out.text == reference_outputs[i].text
+        assert d.top1 == 1.0 and d.kl < 1e-4 and abs(d.nll) < 1e-3, d
+    with open_engine("hf", str(damaged), batch_size=3) as engine:
+        plain = engine.generate(samples)
+        forced = dict(engine.stream(samples, Scoring(forced=traces)))
+    found = [measure(traces[samples[i].id], o.forced) for i, o in sorted(forced.items())]
+    assert [forced[i].text for i in range(len(samples))] == [o.text for o in plain]
+    print("damaged copy:", found)
+    assert min(d.kl for d in found) > 1e-3 and max(d.nll for d in found) > 0
+
+
+def test_a_a_runs_at_other_batch_sizes_pass_the_divergence_gate(demo_path, samples):
+    """The A/A false-alarm check on the real model: the reference's traces made at batch sizes 1, 2 and 3 (other
+    paddings, other float rounding), each teacher-forced through the reference; a noise floor measured from the
+    batch-3 run sets the 16-bit tolerances; every level of the divergence gate passes for every other run (0 false
+    alarms of the 2 x 3 verdict sets; the gate's own A/A rate on synthetic data is tests/test_divergence.py)."""
+    from longquant_checks import gate
+    from longquant_checks.config import DivergenceConfig
+    from longquant_checks.divergence import SIGNALS, measure
+    from longquant_checks.divergence_gate import gate_divergence
+    from longquant_checks.engines.base import Scoring
+    from longquant_checks.noise_floor import DivergenceTolerances, NoiseFloor
+
+    runs = {}
+    with open_engine("hf", str(demo_path), batch_size=1) as engine:
+        for batch in (3, 2, 1):
+            engine.batch_size = batch
+            traced = dict(engine.stream(samples, Scoring(top_k=20)))
+            traces = {samples[i].id: o.trace for i, o in traced.items()}
+            forced = dict(engine.stream(samples, Scoring(forced=traces)))
+            runs[batch] = [measure(traces[samples[i].id], forced[i].forced) for i in range(len(samples))]
+    floor = NoiseFloor.measure({"c": {sig: [d.value(sig) for d in runs[3]] for sig in SIGNALS}}, "test", "")
+    print("floor:", floor.signals["kl"]["mean"], "per batch size:", {b: [d.kl for d in r] for b, r in runs.items()})
+    for signal in SIGNALS:
+        tolerances = DivergenceTolerances.build("16-bit", DivergenceConfig(enabled=True, signal=signal), floor)
+        for batch in (2, 1):
+            values = [d.value(signal) for d in runs[batch]]
+            verdicts = gate_divergence("reference", [("niah_single_2", "1K", "en", values)], tolerances.by_level,
+                                       signal)
+            assert all(v.outcome == "pass" for v in verdicts), [gate.format_failure(v) for v in verdicts]

@@ -135,3 +135,34 @@ def test_vllm_engine_reports_only_finished_requests_like_llm_generate(demo_path,
         out = engine.generate(batch[:2])
     assert all(o.n_output_tokens > 1 for o in out)  # several decode steps, so unfinished outputs could have appeared
     assert seen and all(o.finished for o in seen), f"{sum(not o.finished for o in seen)} unfinished step outputs"
+
+
+def test_vllm_divergence_matches_transformers_exact_one(demo_path, samples, damaged):
+    """vLLM's side of the divergence signal on the real model: the reference's trace from vLLM's own top-k
+    log-probabilities of its answer, and a damaged copy's candidate side from prompt log-probabilities over
+    prompt + that answer (top-k only: kl_method "topk"). Against transformers' exact candidate side on the same
+    trace: the same NLL and top-1, and a KL within the bias documented in divergence.py."""
+    from longquant_checks.divergence import measure
+    from longquant_checks.engines.base import Scoring
+
+    task, batch = samples
+    batch = batch[:2]
+    with open_engine("vllm", str(demo_path), max_model_len=4096, dtype="float32") as engine:
+        traced = dict(engine.stream(batch, Scoring(top_k=20)))
+        traces = {batch[i].id: o.trace for i, o in traced.items()}
+        self_forced = dict(engine.stream(batch, Scoring(forced=traces)))
+    for i, out in self_forced.items():
+        d = measure(traces[batch[i].id], out.forced)
+        assert out.text == traced[i].text and d.top1 == 1.0 and d.kl < 1e-3, d
+    with open_engine("vllm", str(damaged), max_model_len=4096, dtype="float32") as engine:
+        vllm_side = dict(engine.stream(batch, Scoring(forced=traces)))
+    with open_engine("hf", str(damaged), dtype="float32") as engine:
+        hf_side = dict(engine.stream(batch, Scoring(forced=traces)))
+    for i in range(len(batch)):
+        approx = measure(traces[batch[i].id], vllm_side[i].forced)
+        exact = measure(traces[batch[i].id], hf_side[i].forced)
+        print(f"sample {i}: vLLM top-k {approx}, transformers exact {exact}")
+        assert approx.kl_method in ("topk", "exact") and exact.kl_method == "exact"
+        assert approx.top1 == pytest.approx(exact.top1, abs=0.1)
+        assert approx.nll == pytest.approx(exact.nll, rel=0.1, abs=0.02)
+        assert exact.kl > 1e-3 and approx.kl == pytest.approx(exact.kl, rel=0.3)

@@ -353,3 +353,39 @@ def test_engine_that_cannot_start_fails_once_with_its_cause(pytester, demo_path,
     assert "out of memory" not in out.lower()
     # The library's own exception, named, after the fixed preamble.
     result.stdout.fnmatch_lines(["*failed to start (tried once; every cell of this checkpoint reports this): *"])
+
+
+def test_divergence_signal_beside_accuracy(pytester, demo_path, damaged, tmp_path):
+    """[divergence] on: the baseline run keeps the reference's token traces; each candidate's cells, languages,
+    buckets and aggregate get a KL test beside the accuracy ones, and each task a length trend of both. A
+    bit-identical copy passes every divergence test at ~0 KL; a damaged copy fails them. A baseline without traces
+    is refused, naming the refresh."""
+    results = tmp_path / "results"
+    candidates = SAME.format(demo_path) + DAMAGED.format(damaged)
+    write_config(pytester, demo_path, results, candidates=candidates, buckets=("1K", "2K"), samples=4,
+                 extra="divergence = { enabled = true }")
+    ids = pytester.runpytest_subprocess("--collect-only", "-q").stdout.lines
+    for test in ("same-kl-niah_single_1-1K-en", "same-kl-bucket-2K", "same-kl-aggregate", "same-kl-trend-niah_single_1",
+                 "same-trend-niah_single_1", "damaged-kl-niah_single_1-2K-en"):
+        assert f"test_gate.py::test_long_context[{test}]" in ids, (test, ids)
+    result = pytester.runpytest_subprocess("--lq-update-baselines=missing", "--lq-report=summary.json", "-rf")
+    rows = {f"{r['lq_checkpoint']}-{r['lq_signal']}-{r['lq_cell']}": r
+            for r in json.loads((pytester.path / "summary.json").read_text())["tests"]}
+    entry = json.loads((setup_folder(pytester) / "niah_single_1.jsonl").read_text().splitlines()[0])
+    assert all(s["trace"]["k"] == 20 and s["trace"]["n"] >= 1 for s in entry["samples"])
+    same = [r for k, r in rows.items() if k.startswith("same-kl-")]
+    assert same and all(r["lq_status"] == "pass" for r in same)
+    assert all(r["lq_candidate"] < 1e-3 for r in same if r["lq_level"] != "trend"), same
+    damaged_kl = [r for k, r in rows.items() if k.startswith("damaged-kl-") and r["lq_level"] != "trend"]
+    assert damaged_kl and all(r["lq_status"] == "fail" and r["lq_candidate"] > 0.1 for r in damaged_kl), damaged_kl
+    assert rows["damaged-kl-niah_single_1-1K-en"]["lq_unit"] == "nats/token KL"
+    result.stdout.fnmatch_lines(["*FAIL: cell niah_single_1-1K-en, kl, candidate 'damaged'*"])
+    # Baselines made without traces cannot feed the signal: refused, with the refresh that fixes it.
+    folder = setup_folder(pytester)
+    stripped = [json.loads(line) for line in (folder / "niah_single_1.jsonl").read_text().splitlines()]
+    for e in stripped:
+        for s in e["samples"]:
+            s.pop("trace")
+    (folder / "niah_single_1.jsonl").write_text("".join(json.dumps(e) + "\n" for e in stripped))
+    refused = pytester.runpytest_subprocess("-k", "same-kl-niah_single_1-1K-en")
+    refused.stdout.fnmatch_lines(["*keeps no token traces*--lq-update-baselines=failed*"])

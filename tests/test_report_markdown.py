@@ -82,3 +82,19 @@ def test_the_run_section_names_settings_fingerprints_and_versions(tmp_path):
     assert "- bad: fingerprint `abababababababab`, recipe bnb-nf4; hf (dtype=float32) on cpu" in run
     assert "- versions: torch 2.13.0, transformers 5.19.0" in run
     assert "- good:" not in run  # no result file: nothing made up
+
+
+def test_divergence_tests_and_trends_get_their_own_table_in_their_units_and_flips_show():
+    summary = {"counts": {"passed": 2, "regressed": 1}, "tests": [
+        row("nf4", "niah_single_3-1K-en", "cell", 80.0, 60.0, "pass", lq_flips_lost=3, lq_flips_gained=1,
+            lq_flips={"lost": ["a", "b", "c"], "gained": ["d"]}),
+        row("nf4", "niah_single_3-1K-en", "cell", 0.0, 0.183, "fail", lq_signal="kl", lq_unit="nats/token KL",
+            lq_delta=-0.183, lq_ci_low=-0.25, lq_ci_high=-0.12, lq_tolerance=0.1),
+        row("nf4", "trend-niah_single_3", "trend", 0.0, 0.037, "pass", lq_signal="kl", lq_delta=-0.037,
+            lq_unit="nats/token KL per doubling of length", lq_ci_low=-0.08, lq_ci_high=0.01, lq_tolerance=0.05)]}
+    md = render_markdown(summary)
+    assert "| niah_single_3-1K-en | 80.0 | 60.0 | -20.0 | [-1.00, 1.00] | 75% | -3/+1 |" in md
+    assert "| kl niah_single_3-1K-en | 0.183 | [0.12, 0.25] | nats/token KL |" in md
+    assert "| kl length trend of niah_single_3 | 0.037 | [-0.01, 0.08] | nats/token KL per doubling of length |" in md
+    # the verdict line's average is accuracy's, never a divergence
+    assert "| nf4 | **FAIL** | 1 of 3 | - |" in md

@@ -4,6 +4,7 @@
   longquant baseline [--mode missing|failed|all]       refresh the reference's baselines
   longquant demo                                       the embedded default gate (fixtures/longquant.toml)
   longquant quantize RECIPE [--model M]                a recipe's checkpoint into the cache; prints its path
+  longquant noise-floor [--config C]                   the divergence signal's floor, stored beside the baselines
   longquant report RESULTS [--format ...]              a results folder as Markdown / HTML / JSON
   longquant compare OLD NEW                            two results folders side by side
   longquant tasks | languages                          what exists
@@ -52,6 +53,9 @@ def parser() -> argparse.ArgumentParser:
     quantize.add_argument("--config", help="with --candidate: that candidate of this config, with its calibration")
     quantize.add_argument("--candidate", help="a candidate name of --config")
     quantize.add_argument("--list", action="store_true", help="list the recipes")
+    floor = sub.add_parser("noise-floor", help="measure the divergence signal's noise floor (the reference against "
+                                               "its own stored traces) and store it beside the baselines")
+    floor.add_argument("--config", help="longquant.toml (default: found in the current folder)")
     report = sub.add_parser("report", help="render a results folder as Markdown, HTML or JSON")
     report.add_argument("results", help="the results folder (results_dir of the config; has summary.json)")
     report.add_argument("--format", default="markdown", choices=[*FORMATS, "all"],
@@ -108,6 +112,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "quantize":
         return gate.list_recipes() if args.list else gate.quantize(args.recipe, args.model, args.config,
                                                                   args.candidate)
+    if args.command == "noise-floor":
+        return gate.noise_floor(gate._config_path(args.config))
     if args.command == "report":
         return reports.report(args.results, args.format, args.output)
     if args.command == "compare":

@@ -146,3 +146,20 @@ def list_recipes() -> int:
         print(f"{name:<16} {spec.precision:<6} {spec.kind:<13} {spec.description}")
     return PASSED
 
+
+
+def noise_floor(config: Path) -> int:
+    """The divergence signal's noise floor for a config's reference setup: printed, and stored beside its baselines."""
+    from ..config import load_config
+    from ..run import GateRun
+
+    run = GateRun(load_config(config), progress=lambda msg: print(f"longquant: {msg}", file=sys.stderr))
+    try:
+        path, floor = run.measure_noise_floor()
+    finally:
+        run.close()
+    for signal, stats in sorted(floor.signals.items()):
+        print(f"{signal:<5} mean {stats['mean']:.3g}  upper 95% {stats['upper']:.3g}  max {stats['max']:.3g}  "
+              f"({floor.cells} cells, {floor.samples} samples)")
+    print(f"stored in {path}")
+    return PASSED

@@ -163,7 +163,7 @@ class OpenAIEngine(Engine):
         return Output(sample.id, text or "", usage.prompt_tokens if usage else sample.n_tokens,
                       usage.completion_tokens if usage else 0, time.perf_counter() - t0, choice.finish_reason or "")
 
-    def stream(self, samples: Iterable[Sample]) -> Iterator[tuple[int, Output]]:
+    def stream(self, samples: Iterable[Sample], scoring=None) -> Iterator[tuple[int, Output]]:
         # At most 2x concurrency requests queued: the plan is read lazily, answers come back as they finish.
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             pending: dict = {}  # future -> position

@@ -28,9 +28,10 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from ..divergence import TokenTrace, forced_from_topk
 from ..errors import EngineError
 from ..schema import Sample
-from .base import Engine, EngineInfo, Output, cpu_dtype
+from .base import Engine, EngineInfo, Output, Scoring, cpu_dtype
 
 
 # LLM(...) arguments we pass on; the engine's other settings are ours. Both lists are in setups.ENGINE_SETTINGS,
@@ -75,30 +76,60 @@ class _Runner:
         self.engine = self.llm.llm_engine
         self.max_model_len = self.engine.model_config.max_model_len
         self.version = vllm.__version__
+        self._parts: dict[int, dict[str, Any]] = {}  # position -> its requests' results until all are in
 
-    def add(self, prompts: list[tuple[int, np.ndarray, int]]) -> None:
-        """Submit (position, prompt token ids, max new tokens); the request id is the position."""
+    def add(self, prompts: list[tuple]) -> None:
+        """Submit (position, prompt token ids, max new tokens[, scoring]); the request id is the position. Scoring
+        (a dict): "top_k" asks for the answer's own top-k log-probabilities (a trace); "forced" (the reference's
+        answer ids, with "k") adds a second request, prompt + that answer, for its prompt log-probabilities: the
+        candidate's top-k at each answer position, which always hold the answer's own token."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
-        for position, ids, max_tokens in prompts:
+        for position, ids, max_tokens, *rest in prompts:
+            scoring = rest[0] if rest else None
+            top_k = (scoring or {}).get("top_k") or None
             # FINAL_ONLY, as LLM.generate does: otherwise each step builds an output (text so far) per running request.
-            params = SamplingParams(temperature=0.0, max_tokens=max_tokens, output_kind=RequestOutputKind.FINAL_ONLY)
+            params = SamplingParams(temperature=0.0, max_tokens=max_tokens, output_kind=RequestOutputKind.FINAL_ONLY,
+                                    logprobs=top_k)
             self.engine.add_request(str(position), TokensPrompt(prompt_token_ids=ids.tolist()), params)
+            self._parts[position] = {"left": 1, "n_prompt": len(ids)}
+            if scoring and scoring.get("forced") is not None:
+                forced = list(scoring["forced"])
+                params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=int(scoring.get("k", 20)),
+                                        detokenize=False, output_kind=RequestOutputKind.FINAL_ONLY)
+                self.engine.add_request(f"{position}.f", TokensPrompt(prompt_token_ids=ids.tolist() + forced), params)
+                self._parts[position].update(left=2, forced_len=len(forced))
 
     def busy(self) -> bool:
         return self.engine.has_unfinished_requests()
 
-    def step(self) -> list[tuple[int, str, int, str]]:
-        """One engine step; the requests it finished as (position, text, output tokens, finish reason)."""
+    def step(self) -> list[tuple]:
+        """One engine step; the samples it finished (every request of theirs) as (position, text, output tokens,
+        finish reason, scoring payload or None)."""
         done = []
         for out in self.engine.step():
-            if out.finished:
+            if not out.finished:
+                continue
+            # vLLM may append a suffix of its own to the id it was given (newer versions do).
+            head = str(out.request_id).split("-")[0]
+            position = int(head.removesuffix(".f"))
+            part = self._parts[position]
+            if head.endswith(".f"):
+                rows = (out.prompt_logprobs or [])[part["n_prompt"]:part["n_prompt"] + part["forced_len"]]
+                part["forced"] = [{int(t): float(lp.logprob) for t, lp in row.items()} for row in rows]
+            else:
                 first = out.outputs[0]
-                # vLLM may append a suffix of its own to the id it was given (newer versions do).
-                position = int(str(out.request_id).split("-")[0])
-                done.append((position, first.text, len(first.token_ids), first.finish_reason or ""))
+                part["answer"] = (first.text, len(first.token_ids), first.finish_reason or "")
+                if first.logprobs is not None:
+                    part["trace"] = (list(first.token_ids),
+                                     [{int(t): float(lp.logprob) for t, lp in row.items()} for row in first.logprobs])
+            part["left"] -= 1
+            if part["left"] == 0:
+                del self._parts[position]
+                payload = {k: part[k] for k in ("trace", "forced") if k in part} or None
+                done.append((position, *part["answer"], payload))
         return done
 
     def stats(self) -> dict[str, Any]:
@@ -319,6 +350,8 @@ def resolve_settings(device: str, settings: dict[str, Any], inflight: dict | Non
 
 
 class VLLMEngine(Engine):
+    divergence_unavailable = None  # its top-k log-probabilities (the candidate side bounded: divergence.py)
+
     def __init__(self, model_path: str, device: str = "cpu", in_process: bool = False, start_timeout: float = 900,
                  inflight: dict | None = None, kv_cache_space_gib: float = 4, prewarm: bool | None = None,
                  max_tokens_in_flight: int = DEFAULT_TOKENS_IN_FLIGHT, **settings: Any):
@@ -451,10 +484,12 @@ class VLLMEngine(Engine):
                                    "core); the KV-cache pool (kv_cache_space_gib) is reserved up front")
         return out
 
-    def stream(self, samples: Iterable[Sample]) -> Iterator[tuple[int, Output]]:
+    def stream(self, samples: Iterable[Sample], scoring: Scoring | None = None) -> Iterator[tuple[int, Output]]:
         """Answers as they finish. Each output's `seconds` is its share of the wall time between two reports (the
-        shares add up to the stream's wall time: a per-sample cost, not a latency)."""
-        feed = _Feed(samples, self.max_tokens_in_flight)
+        shares add up to the stream's wall time: a per-sample cost, not a latency). `scoring`: the answer's trace
+        from vLLM's own top-k log-probabilities; a forced reference answer as a second request for its prompt
+        log-probabilities (prompt + answer: the candidate side, top-k only, so KL is bounded, divergence.py)."""
+        feed = _Feed(samples, self.max_tokens_in_flight, scoring)
         last = time.perf_counter()
         if self._runner is not None:
             runner = self._runner
@@ -517,7 +552,8 @@ def _logged_figures(log: str | None) -> dict[str, Any]:
 class _Feed:
     """The lazily read plan: hands out prompts while fewer than `budget` prompt tokens are unanswered."""
 
-    def __init__(self, samples: Iterable[Sample], budget: int):
+    def __init__(self, samples: Iterable[Sample], budget: int, scoring: Scoring | None = None):
+        self.scoring = scoring or Scoring()
         self._it = enumerate(samples)
         self.budget = budget
         self.in_flight: dict[int, Sample] = {}
@@ -536,15 +572,41 @@ class _Feed:
             position, sample = nxt
             self.in_flight[position] = sample
             self.tokens += sample.n_tokens
-            batch.append((position, np.asarray(sample.prompt_token_ids, dtype=np.uint32), sample.max_new_tokens))
+            batch.append((position, np.asarray(sample.prompt_token_ids, dtype=np.uint32), sample.max_new_tokens,
+                          self._scoring_of(sample)))
             if len(batch) >= chunk:
                 yield batch
                 batch = []
         if batch:
             yield batch
 
-    def answered(self, done: list[tuple[int, str, int, str]], seconds: float) -> Iterator[tuple[int, Output]]:
-        for position, text, n_out, finish in done:
+    def _scoring_of(self, sample: Sample) -> dict | None:
+        trace = self.scoring.forced.get(sample.id)
+        if trace is not None:
+            return {"top_k": self.scoring.top_k or None, "forced": trace.ids.tolist(), "k": max(trace.k, 1)}
+        return {"top_k": self.scoring.top_k} if self.scoring.top_k else None
+
+    def answered(self, done: list[tuple], seconds: float) -> Iterator[tuple[int, Output]]:
+        for position, text, n_out, finish, *rest in done:
             sample = self.in_flight.pop(position)
             self.tokens -= sample.n_tokens
-            yield position, Output(sample.id, text, sample.n_tokens, n_out, seconds, finish)
+            payload = rest[0] if rest else None
+            trace = forced = None
+            if payload and payload.get("trace") is not None:
+                trace = _trace(*payload["trace"], self.scoring.top_k)
+            if payload and payload.get("forced") is not None:
+                forced = forced_from_topk(self.scoring.forced[sample.id], payload["forced"])
+            yield position, Output(sample.id, text, sample.n_tokens, n_out, seconds, finish, trace=trace, forced=forced)
+
+
+def _trace(ids: list[int], rows: list[dict[int, float]], k: int) -> TokenTrace:
+    """A generated answer's trace from vLLM's per-token top-k (each row also holds the token it chose)."""
+    top_ids = np.zeros((len(ids), k), np.int64)
+    top_lps = np.full((len(ids), k), -1e4, np.float32)  # a row shorter than k (a tiny vocabulary) pads with ~0 mass
+    chosen = np.zeros(len(ids), np.float32)
+    for t, (tok, row) in enumerate(zip(ids, rows)):
+        best = sorted(row.items(), key=lambda item: (-item[1], item[0]))[:k]
+        top_ids[t, :len(best)] = [b[0] for b in best]
+        top_lps[t, :len(best)] = [b[1] for b in best]
+        chosen[t] = row[tok]
+    return TokenTrace(ids, chosen, top_ids, top_lps)

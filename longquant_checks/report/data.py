@@ -18,8 +18,8 @@ from ..schema import BUCKETS
 from .markdown import ReportError, load_summary
 
 REPORT_SCHEMA = "longquant-report"
-REPORT_VERSION = 1
-_LEVEL_ORDER = {"cell": 0, "language": 1, "bucket": 2, "aggregate": 3}
+REPORT_VERSION = 2  # 2: tests of the divergence signal and length trends (`signal`, `unit`, level "trend")
+_LEVEL_ORDER = {"cell": 0, "language": 1, "bucket": 2, "aggregate": 3, "trend": 4}
 
 
 class Test(BaseModel):
@@ -28,7 +28,10 @@ class Test(BaseModel):
     id: str = Field(description="`candidate-task-bucket-lang`, `candidate-language-xx`, `candidate-bucket-8K` or "
                                 "`candidate-aggregate`")
     checkpoint: str
-    level: Literal["cell", "language", "bucket", "aggregate"]
+    level: Literal["cell", "language", "bucket", "aggregate", "trend"]
+    signal: str = Field("accuracy", description="accuracy, or the divergence signal (kl, nll, top1): then reference "
+                                                "is 0, candidate the mean divergence, delta its negative, in `unit`")
+    unit: str = Field("points", description="the unit of reference, candidate, delta, interval and tolerance")
     status: str = Field(description="pass, fail, error, not gated or skipped")
     task: str | None = None
     bucket: str | None = None
@@ -49,6 +52,10 @@ class Test(BaseModel):
     not_gated: str | None = Field(None, description="why a planned case did not run (never counted as passed)")
     result_file: str | None = None
     baseline_file: str | None = None
+    flips_lost: list[str] = Field(default_factory=list, description="sample ids correct in the reference, wrong "
+                                                                     "in the candidate (accuracy cells)")
+    flips_gained: list[str] = Field(default_factory=list, description="sample ids wrong in the reference, correct "
+                                                                       "in the candidate (accuracy cells)")
 
 
 class SampleView(BaseModel):
@@ -163,21 +170,28 @@ def _test(row: dict) -> Test:
     bucket = row.get("lq_bucket")
     label = next((k for k, v in BUCKETS.items() if v == bucket), bucket) if isinstance(bucket, int) else bucket
     rest = str(row.get("lq_cell", ""))
+    task = row.get("lq_task")
     if level == "language":
         language, label = rest.split("-", 1)[1], None
     elif level == "bucket":
         label, language = rest.split("-", 1)[1], None
+    elif level == "trend":
+        task, label, language = rest.split("-", 1)[1], None, None
     else:
         language = row.get("lq_language")
     low, high = _ci(row)
     ref, cand = _num(row, "lq_reference"), _num(row, "lq_candidate")
-    return Test(id=f"{row['lq_checkpoint']}-{rest}", checkpoint=row["lq_checkpoint"], level=level,
-                status=row.get("lq_status", "?"), task=row.get("lq_task"), bucket=label, language=language,
+    signal = row.get("lq_signal", "accuracy")
+    prefix = row["lq_checkpoint"] if signal == "accuracy" else f"{row['lq_checkpoint']}-{signal}"
+    return Test(id=f"{prefix}-{rest}", checkpoint=row["lq_checkpoint"], level=level, signal=signal,
+                unit=row.get("lq_unit", "points"),
+                status=row.get("lq_status", "?"), task=task, bucket=label, language=language,
                 n=row.get("lq_n"), reference=ref, candidate=cand, delta=_num(row, "lq_delta"), ci_low=low,
-                ci_high=high, recovery=_recovery(ref, cand), p=_num(row, "lq_p"), p_holm=_num(row, "lq_p_holm"),
+                ci_high=high, recovery=_recovery(ref, cand) if signal == "accuracy" and level != "trend" else None, p=_num(row, "lq_p"), p_holm=_num(row, "lq_p_holm"),
                 tolerance=_num(row, "lq_tolerance"), tolerance_source=row.get("lq_tolerance_source"),
                 error=row.get("lq_error"), not_gated=row.get("lq_not_gated"), result_file=row.get("lq_result_file"),
-                baseline_file=row.get("lq_baseline_file"))
+                baseline_file=row.get("lq_baseline_file"), flips_lost=(row.get("lq_flips") or {}).get("lost", []),
+                flips_gained=(row.get("lq_flips") or {}).get("gained", []))
 
 
 def _read_jsonl(path: str | None) -> tuple[dict, list[dict]]:
@@ -288,7 +302,8 @@ def build_report(results_dir: str | Path, drops: int = 6, samples_per_drop: int 
         statuses = {t.status for t in mine}
         verdict = ("fail" if "fail" in statuses else "error" if "error" in statuses else
                    "not gated" if any(t.not_gated for t in mine) else "pass" if "pass" in statuses else "no tests")
-        aggregate = next((t for t in mine if t.level == "aggregate" and t.delta is not None), None)
+        aggregate = next((t for t in mine if t.level == "aggregate" and t.signal == "accuracy" and t.delta is not None),
+                         None)
         eff = efficiency.get(name)
         if eff is not None:
             eff.weights_saved = _weights_saved(eff, reference_info)
@@ -298,7 +313,8 @@ def build_report(results_dir: str | Path, drops: int = 6, samples_per_drop: int 
                                     failing=sum(t.status == "fail" for t in mine), tests=mine,
                                     average_delta=aggregate.delta if aggregate else None,
                                     average_recovery=aggregate.recovery if aggregate else None, efficiency=eff))
-    cells = [t for t in tests if t.level == "cell" and t.delta is not None and t.result_file]
+    cells = [t for t in tests if t.level == "cell" and t.signal == "accuracy" and t.delta is not None
+             and t.result_file]
     cells.sort(key=lambda t: t.delta)
     largest = [_drop(t, samples_per_drop) for t in cells[:drops] if t.delta < 0]
     changes = list(dict.fromkeys(r["lq_baseline_change"] for r in rows if r.get("lq_baseline_change")))

@@ -66,8 +66,14 @@ def _tests_table(tests: list[Test], drops: set[str]) -> str:
         name = _e(t.id.split("-", 1)[1])
         if t.id in drops:
             name = f'<a href="#{_anchor(t.id)}">{name}</a>'
-        ci = "-" if t.ci_low is None else f"[{t.ci_low:+.1f}, {t.ci_high:+.1f}]"
         detail = _e(t.error or (f"not gated: {t.not_gated}" if t.not_gated else ""))
+        if t.signal != "accuracy" or t.level == "trend":  # a divergence (a trend: a slope) in its own unit
+            ci = "-" if t.ci_low is None else f"[{-t.ci_high:.3g}, {-t.ci_low:.3g}]"
+            rows.append([name, _e(f"{t.signal} {t.level}"), "-", _f(t.candidate, "{:.3g}") + f" {_e(t.unit)}", "-",
+                         ci, "-", _f(t.p_holm, "{:.2g}"), _f(t.tolerance, "{:.3g}"), _e(t.n),
+                         _status(t.status) + (f'<div class="note">{detail}</div>' if detail else "")])
+            continue
+        ci = "-" if t.ci_low is None else f"[{t.ci_low:+.1f}, {t.ci_high:+.1f}]"
         rows.append([name, _e(t.level), _f(t.reference, "{:.1f}"), _f(t.candidate, "{:.1f}"), _f(t.delta), ci,
                      _f(t.recovery, "{:.0f}%"), _f(t.p_holm, "{:.2g}"), _f(t.tolerance, "{:.1f}"), _e(t.n),
                      _status(t.status) + (f'<div class="note">{detail}</div>' if detail else "")])
@@ -155,7 +161,7 @@ def render_html(report: Report) -> str:
     languages, limit = plots.languages_of(report), plots.delta_limit(report)
     for task in tasks:  # one row per task, the candidates side by side on one colour scale
         figs = [plots.heatmap(c, task, languages, limit) for c in report.candidates
-                if any(t.task == task and t.level == "cell" for t in c.tests)]
+                if any(t.task == task and t.level == "cell" and t.signal == "accuracy" for t in c.tests)]
         body.append(f"<h3>{_e(task)}</h3><div class=\"figs\">{''.join(figs)}</div>")
     body.append("<h2>Accuracy vs input length</h2>")
     body.append('<div class="figs">' + "".join(plots.curves(report, task) for task in tasks) + "</div>")

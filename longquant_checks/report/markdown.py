@@ -57,8 +57,10 @@ def _p(row: dict[str, Any]) -> str:
 
 def _name(row: dict[str, Any]) -> str:
     level = row.get("lq_level", "cell")
-    return {"language": "language ", "bucket": "bucket "}.get(level, "") + (
-        row["lq_cell"].split("-", 1)[1] if level in ("language", "bucket") else row["lq_cell"])
+    signal = row.get("lq_signal", "accuracy")
+    return ("" if signal == "accuracy" else f"{signal} ") + {"language": "language ", "bucket": "bucket ",
+                                                             "trend": "length trend of "}.get(level, "") + (
+        row["lq_cell"].split("-", 1)[1] if level in ("language", "bucket", "trend") else row["lq_cell"])
 
 
 def _result_header(path: str | None) -> dict[str, Any]:
@@ -69,6 +71,27 @@ def _result_header(path: str | None) -> dict[str, Any]:
     except (OSError, ValueError, TypeError):
         return {}
     return header if isinstance(header, dict) else {}
+
+
+def _signal(row: dict[str, Any]) -> str:
+    return row.get("lq_signal", "accuracy")
+
+
+def _signal_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The divergence tests and length trends (docs/divergence.md), each in its own unit: the mean divergence (a
+    slope for a trend) with its interval, never as points."""
+    if not rows:
+        return []
+    rows = sorted(rows, key=lambda r: (r.get("lq_status") != "fail", r.get("lq_level") == "trend",
+                                       _LEVEL_ORDER.get(r.get("lq_level", "cell"), 9), -r["lq_candidate"]))
+    out = ["", "| divergence / trend | mean (trend: slope) | CI | unit | p (Holm) | tolerance | verdict |",
+           "|---|---:|---|---|---:|---:|---|"]
+    for r in rows:
+        low, high = r.get("lq_ci_low"), r.get("lq_ci_high")
+        ci = f"[{-high:.3g}, {-low:.3g}]" if isinstance(low, (int, float)) and isinstance(high, (int, float)) else "-"
+        out.append(f"| {_name(r)} | {r['lq_candidate']:.3g} | {ci} | {r.get('lq_unit', '')} | {_p(r)} | "
+                   f"{r.get('lq_tolerance', '-'):.3g} | {_status(r)} |")
+    return out
 
 
 def _run_section(run: dict[str, Any] | None, rows: list[dict[str, Any]]) -> list[str]:
@@ -127,21 +150,26 @@ def render_markdown(summary: dict[str, Any], efficiency: dict[str, Any] | None =
     for name in candidates:
         mine = [r for r in rows if r["lq_checkpoint"] == name]
         failed = [r for r in mine if r.get("lq_status") == "fail"]
-        aggregate = next((r for r in mine if r.get("lq_level") == "aggregate" and "lq_delta" in r), None)
+        aggregate = next((r for r in mine if r.get("lq_level") == "aggregate" and "lq_delta" in r
+                          and _signal(r) == "accuracy"), None)
         average = f"{aggregate['lq_delta']:+.1f} points, recovery {recovery(aggregate)}" if aggregate else "-"
         verdicts.append(f"| {name} | {'**FAIL**' if failed else 'pass'} | {len(failed)} of {len(mine)} | {average} |")
     out += ["", "| candidate | verdict | failing tests | average over its cells |", "|---|---|---|---|", *verdicts]
     for name in sorted(candidates, key=lambda n: not any(r.get("lq_status") == "fail" for r in rows
                                                           if r["lq_checkpoint"] == n)):
-        mine = [r for r in rows if r["lq_checkpoint"] == name and "lq_delta" in r]
+        every = [r for r in rows if r["lq_checkpoint"] == name and "lq_delta" in r]
+        signals = [r for r in every if _signal(r) != "accuracy" or r.get("lq_level") == "trend"]
+        mine = [r for r in every if r not in signals]
         mine.sort(key=lambda r: (r.get("lq_status") != "fail", _LEVEL_ORDER.get(r.get("lq_level", "cell"), 9),
                                  r["lq_delta"]))
-        out += ["", f"### {name}", "", "| test | reference | candidate | delta | CI | recovery | p (Holm) | tolerance "
-                "| verdict |", "|---|---:|---:|---:|---|---:|---:|---:|---|"]
+        out += ["", f"### {name}", "", "| test | reference | candidate | delta | CI | recovery | flips -/+ | p (Holm) "
+                "| tolerance | verdict |", "|---|---:|---:|---:|---|---:|---:|---:|---:|---|"]
         for r in mine:
+            churn = f"-{r['lq_flips_lost']}/+{r['lq_flips_gained']}" if "lq_flips_lost" in r else "-"
             out.append(f"| {_name(r)} | {r['lq_reference']:.1f} | {r['lq_candidate']:.1f} | {r['lq_delta']:+.1f} | "
-                       f"{r.get('lq_ci', '-')} | {recovery(r)} | {_p(r)} | {r.get('lq_tolerance', '-')} | "
+                       f"{r.get('lq_ci', '-')} | {recovery(r)} | {churn} | {_p(r)} | {r.get('lq_tolerance', '-')} | "
                        f"{_status(r)} |")
+        out += _signal_table(signals)
     not_gated = summary.get("not_gated", [])
     if not_gated:
         out += ["", "### Not gated (never counted as passed)", ""]

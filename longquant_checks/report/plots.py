@@ -37,20 +37,20 @@ def _buckets(labels) -> list[str]:
 
 def languages_of(report: Report) -> list[str]:
     """The plan's language order (the config's), then any other language found in the tests."""
-    found = [t.language for c in report.candidates for t in c.tests if t.level == "cell" and t.language]
+    found = [t.language for c in report.candidates for t in c.tests if t.level == "cell" and t.signal == "accuracy" and t.language]
     return list(dict.fromkeys([*(x for x in report.run.get("languages", []) if x in found), *found]))
 
 
 def delta_limit(report: Report) -> float:
     """One colour scale for every heatmap of a report (at least +-10 points), so equal colours mean equal deltas."""
-    deltas = [abs(t.delta) for c in report.candidates for t in c.tests if t.level == "cell" and t.delta is not None]
+    deltas = [abs(t.delta) for c in report.candidates for t in c.tests if t.level == "cell" and t.signal == "accuracy" and t.delta is not None]
     return max([10.0, *deltas])
 
 
 def heatmap(candidate: Candidate, task: str, languages: list[str], limit: float) -> str:
     """Delta (points) over bucket x language for one candidate and task; failing cells outlined, values written."""
     plt = _pyplot()
-    cells = [t for t in candidate.tests if t.level == "cell" and t.task == task]
+    cells = [t for t in candidate.tests if t.level == "cell" and t.signal == "accuracy" and t.task == task]
     buckets = _buckets(t.bucket for t in cells)
     languages = [x for x in languages if any(t.language == x for t in cells)]
     import numpy as np
@@ -79,7 +79,7 @@ def heatmap(candidate: Candidate, task: str, languages: list[str], limit: float)
 def curves(report: Report, task: str) -> str:
     """Accuracy vs length per language (and over all languages), the reference beside each candidate."""
     plt = _pyplot()
-    cells = [t for c in report.candidates for t in c.tests if t.level == "cell" and t.task == task
+    cells = [t for c in report.candidates for t in c.tests if t.level == "cell" and t.signal == "accuracy" and t.task == task
              and t.reference is not None]
     buckets = _buckets(t.bucket for t in cells)
     languages = [x for x in languages_of(report) if any(t.language == x for t in cells)]

@@ -38,7 +38,8 @@ def _table(tw, title: str, rows: list[str], cols: list[str], data: dict, failed:
 def write_summary(terminalreporter, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
     tr = terminalreporter
     tr.write_sep("=", "longquant summary: delta vs baseline, accuracy points (! = regressed)")
-    cells = [r for r in rows if r.get("lq_level", "cell") == "cell" and "lq_delta" in r]
+    cells = [r for r in rows if r.get("lq_level", "cell") == "cell" and "lq_delta" in r
+             and r.get("lq_signal", "accuracy") == "accuracy"]
     by_task: dict = defaultdict(list)
     by_task_failed: dict = {}
     by_bl: dict = defaultdict(list)
@@ -61,12 +62,21 @@ def write_summary(terminalreporter, rows: list[dict[str, Any]], summary: dict[st
         tr.write_line("")
     for r in rows:
         level = r.get("lq_level", "cell")
+        signal = r.get("lq_signal", "accuracy")
         if level != "cell" and "lq_delta" in r:
             failed = r["lq_status"] == "fail"
+            mark = {"red": True, "bold": True} if failed else {"green": True}
             what = "over its cells" if level == "aggregate" else f"over its {r['lq_cell'].replace('-', ' ')} cells"
-            tr.write_line(f"{r['lq_checkpoint']}: average delta {r['lq_delta']:+.2f} points {r['lq_ci']} {what}, "
-                          f"tolerance {r['lq_tolerance']:g}: {'REGRESSED' if failed else 'ok'}",
-                          **({"red": True, "bold": True} if failed else {"green": True}))
+            if level == "trend":
+                tr.write_line(f"{r['lq_checkpoint']}: {signal} {r['lq_cell'].replace('-', ' of ')}: slope "
+                              f"{-r['lq_delta']:+.3g} {r.get('lq_unit', '')}, tolerance {r['lq_tolerance']:g}: "
+                              f"{'REGRESSED' if failed else 'ok'}", **mark)
+            elif signal != "accuracy":
+                tr.write_line(f"{r['lq_checkpoint']}: mean {signal} {r['lq_candidate']:.3g} {r.get('lq_unit', '')} "
+                              f"{what}, tolerance {r['lq_tolerance']:.3g}: {'REGRESSED' if failed else 'ok'}", **mark)
+            else:
+                tr.write_line(f"{r['lq_checkpoint']}: average delta {r['lq_delta']:+.2f} points {r['lq_ci']} {what}, "
+                              f"tolerance {r['lq_tolerance']:g}: {'REGRESSED' if failed else 'ok'}", **mark)
     changes = [r["lq_baseline_change"] for r in rows if r.get("lq_baseline_change")]
     if changes:
         tr.write_line("baselines updated:")
