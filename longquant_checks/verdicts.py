@@ -147,12 +147,22 @@ def decide_divergence(name: str, precision: str, divergences: Mapping[Case, Sequ
             by_id[v.cell_id] = v
         for c in divergences:
             out[c] = by_id[c.cell.id]
+    trends: dict[str, list[tuple[Case, gate.Verdict]]] = {}
     for case in levels:
         if case.level == "trend":
-            out[case] = _trend(name, case, divergences, paired, tolerances, mode, alpha, seed)
+            found = _trend(name, case, divergences, paired, tolerances, mode, alpha, seed)
+            if isinstance(found, str):
+                out[case] = found
+            else:
+                trends.setdefault(case.signal, []).append((case, found))
             continue
         key = gate.level_id(case.level, case.group or "")
         out[case] = by_id.get(key) or f"none of the cells of {case.id} ran in this run (select them too)"
+    # A signal's trends are one Holm family over the candidate's planned tasks (each task asks the same question).
+    tasks = len({c.task for c in family.planned}) or None
+    for members in trends.values():
+        decided = gate.decide([v for _, v in members], alpha, family_size=max(tasks or 0, len(members)))
+        out.update({case: v for (case, _), v in zip(members, decided)})
     return out
 
 
@@ -170,6 +180,5 @@ def _trend(name: str, case: Case, divergences: Mapping[Case, Sequence[float]], p
         tolerance = tolerances.trend
     if len({b for b, _ in cells}) < 2:
         return f"the length trend of {task} needs cells of two buckets that ran in this run; {len(cells)} ran"
-    # Holm family of one per trend: a trend is its own question, asked once per task and signal (alpha unshared).
     return divergence_gate.length_trend(name, task, cells, tolerance, case.signal, mode, alpha,
                                         gate._sub_seed(seed, "trend", task, case.signal))

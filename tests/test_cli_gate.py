@@ -2,8 +2,8 @@
 rendered from the real results folders those runs leave: Markdown, versioned JSON, and HTML opened in a real headless
 Chromium (Debian's chromium package) with a screenshot.
 
-Two results folders of the demo plan (fixtures/longquant.toml: niah_single_3 at 1K and 2K in English and Spanish, the
-committed baselines, the first 4 samples of each cell): `good`, where the candidate is a copy of the reference (exit 0),
+Two results folders of part of the demo plan (fixtures/longquant.toml's niah_single_3 at 1K and 2K in English and
+Spanish, its two committed baseline samples per cell, both signals): `good`, where the candidate is a copy of the reference (exit 0),
 and `bad`, where the candidate of the same name is the damaged model (exit 1), last week's and today's candidate.
 """
 
@@ -45,10 +45,12 @@ def _toml(value) -> str:
 
 
 def write_config(folder: Path, candidates: list[dict], **overrides) -> Path:
-    """The demo plan with other candidates and folders."""
+    """Part of the demo plan (one task, two languages: 4 of its 12 cells, for CI's time) with other candidates and
+    folders."""
     data = tomllib.loads(DEMO.read_text(encoding="utf-8"))
     data.pop("calibration")
-    data.update({"baseline_dir": str(REPO / "baselines"), "results_dir": str(folder / "results"), **overrides})
+    data.update({"baseline_dir": str(REPO / "baselines"), "results_dir": str(folder / "results"),
+                 "tasks": ["niah_single_3"], "languages": ["en", "es"], **overrides})
     lines = [f"{k} = {_toml(v)}" for k, v in data.items() if k != "candidates"]
     for c in candidates:
         lines += ["", "[[candidates]]", *(f"{k} = {_toml(v)}" for k, v in c.items())]
@@ -238,6 +240,10 @@ def test_baseline_writes_the_references_baselines_then_the_gate_passes(tmp_path,
     assert out.returncode == 0, out.stdout[-3000:]
     (written,) = (tmp_path / "baselines").rglob("niah_single_3.jsonl")
     assert json.loads(written.read_text().splitlines()[0])["n"] == 2
+    floor = longquant("noise-floor", "--config", config)
+    assert floor.returncode == 0, floor.stdout + floor.stderr
+    stored = json.loads((written.parent / "noise_floor.json").read_text())
+    assert stored["cells"] == 1 and 0 <= stored["signals"]["kl"]["upper"] < 1e-4 and "kl " in floor.stdout
     assert longquant("run", "--config", config).returncode == 0
     nothing = longquant("run", "--config", write_config(tmp_path / "empty", []))  # no candidates: no test
     assert nothing.returncode == 2 and "plans no gate test" in nothing.stdout, nothing.stdout[-2000:]
@@ -255,8 +261,8 @@ def test_quantize_prints_the_produced_checkpoint(demo_path):
     assert unknown.returncode == 2 and "unknown recipe 'gptq-w3'" in " ".join(unknown.stdout.split())
 
 
-@pytest.mark.parametrize("verb", ["run", "baseline", "demo", "quantize", "report", "compare", "tasks", "languages",
-                                  "suite", "prune-samples"])
+@pytest.mark.parametrize("verb", ["run", "baseline", "demo", "quantize", "noise-floor", "report", "compare", "tasks",
+                                  "languages", "suite", "prune-samples"])
 def test_help_works_everywhere(verb):
     out = longquant(verb, "--help")
     assert out.returncode == 0 and "usage: longquant" in out.stdout

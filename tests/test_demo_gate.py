@@ -16,8 +16,14 @@ DEMO = REPO / "fixtures" / "longquant.toml"
 
 def test_demo_config_is_valid_and_spans_8_and_4_bit():
     config = load_config(DEMO)
-    precisions = {c.recipe for c in config.gate.candidates}
-    assert {"bnb-int8", "gptq-w8a16", "bnb-nf4"} <= precisions
+    from longquant_checks.checkpoints.recipes import get_recipe
+
+    g = config.gate
+    precisions = {get_recipe(c.recipe).precision for c in g.candidates}
+    assert precisions == {"8-bit", "4-bit"} and g.divergence.enabled
+    # issue 14: at least 2 buckets, 3 languages from 2 scripts, 2 tasks
+    assert len(g.buckets) >= 2 and len(g.tasks) >= 2 and len(g.languages) >= 3
+    assert {"en", "ru"} <= set(g.languages)  # Latin and Cyrillic
     assert config.baseline_dir.resolve() == (REPO / "baselines").resolve()
 
 
@@ -39,6 +45,7 @@ def test_committed_baselines_cover_the_demo_plan():
         entry = store.get(cell)
         assert entry.n == g.samples and entry.engine["kind"] == "hf" and entry.seed == g.seed
         assert entry.setup == setup.baseline_setup() and all(s.get("text") is not None for s in entry.samples)
+        assert entry.has_traces and len(entry.traces()) == g.samples  # the divergence signal's reference side
 
 
 @pytest.mark.model
@@ -63,7 +70,8 @@ def test_reference_rerun_passes_against_committed_baselines(pytester):
     outcomes = result.parseoutcomes()
     assert outcomes.get("failed", 0) == 0, result.stdout.str()[-3000:]
     cells = len(data["tasks"]) * len(data["buckets"]) * len(data["languages"])
-    # Every cell, a gate per language and per bucket (where there is more than one), and the aggregate.
+    # Every cell, a gate per language and per bucket (where there is more than one), and the aggregate; the same
+    # again for the divergence signal; a length trend per task of each signal.
     levels = sum(len(data[axis]) for axis in ("languages", "buckets") if len(data[axis]) > 1)
-    assert outcomes["passed"] == cells + levels + 1
+    assert outcomes["passed"] == 2 * (cells + levels + 1) + 2 * len(data["tasks"])
     result.stdout.fnmatch_lines(["*reference: average delta +0.00*"])
