@@ -6,6 +6,7 @@
 #   bash bench/gpu_session.sh gate      # tests/gpu/test_gate_cuda.py: fixtures/gpu.toml end to end, twice
 #   bash bench/gpu_session.sh long [N] [candidates]  # bench/long_context.py on fixtures/gpu-128k.toml, N per cell
 #   bash bench/gpu_session.sh reports   # longquant baseline + run + report on a small CUDA plan: efficiency on CUDA
+#   bash bench/gpu_session.sh divergence  # both signals on CUDA (vLLM top-k, transformers exact): docs/divergence.md
 # A produced GPTQ int4 checkpoint carried from a CPU machine: LONGQUANT_GPU_GPTQ_W4A16=<folder>.
 set -uo pipefail
 out=${OUT:-/tmp/out}; mkdir -p "$out"
@@ -48,7 +49,39 @@ TOML
           python3 -m longquant_checks.cli report /tmp/eff/results --format all -o "$out/reports"; echo "report exit $?"
         } > "$out/reports.log" 2>&1
         cp -r /tmp/eff/results/efficiency "$out/" 2>/dev/null ;;
-  *) echo "usage: $0 engines|harness|gate|long [N]|reports"; exit 2 ;;
+  divergence) mkdir -p /tmp/div && cat > /tmp/div/longquant.toml <<'TOML'
+reference = "demo"
+engine = "vllm"
+device = "cuda"
+engine_args = { max_model_len = 8192 }
+tasks = ["niah_single_2", "niah_single_3"]
+buckets = ["4K", "8K"]
+languages = ["en", "es", "ru"]
+samples = 20
+seed = 0
+baseline_dir = "/tmp/div/baselines"
+results_dir = "/tmp/div/results"
+divergence = { enabled = true }
+
+[[candidates]]
+name = "fp8"
+recipe = "fp8-inflight"
+engine_args = { enforce_eager = true }
+
+[[candidates]]
+name = "bnb_nf4"
+recipe = "bnb-nf4"
+engine = "hf"
+engine_args = { batch_size = 40 }
+TOML
+        { python3 -m longquant_checks.cli baseline --config /tmp/div/longquant.toml; echo "baseline exit $?"
+          python3 -m longquant_checks.cli noise-floor --config /tmp/div/longquant.toml; echo "floor exit $?"
+          python3 -m longquant_checks.cli run --config /tmp/div/longquant.toml -- --lq-report=/tmp/div/summary.json
+          echo "run exit $?"
+          python3 -m longquant_checks.cli report /tmp/div/results --format all -o "$out/div-reports"; echo "report exit $?"
+        } > "$out/divergence.log" 2>&1
+        cp /tmp/div/summary.json /tmp/div/baselines/*/*/noise_floor.json "$out/" 2>/dev/null ;;
+  *) echo "usage: $0 engines|harness|gate|long [N]|reports|divergence"; exit 2 ;;
 esac
 code=$?
 tail -n 40 "$out/${1}.log"

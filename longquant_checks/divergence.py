@@ -74,6 +74,10 @@ class TokenTrace:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def prefix(self, n: int) -> "TokenTrace":
+        """The first n answer tokens' trace."""
+        return TokenTrace(self.ids[:n], self.logprobs[:n], self.top_ids[:n], self.top_logprobs[:n])
+
     def to_json(self) -> dict[str, Any]:
         """Compact: ids as little-endian int32, log-probabilities as float16 (3 significant digits; the gate's
         tolerances are orders of magnitude above that rounding), base64: ~170 bytes a token at k = 20."""
@@ -133,10 +137,13 @@ def forced_from_logprobs(trace: TokenTrace, logprobs: np.ndarray) -> ForcedScore
 def forced_from_topk(trace: TokenTrace, positions: Sequence[Mapping[int, float]]) -> ForcedScores:
     """The candidate's side from its top-k log-probabilities per answer position, each a {token id: logprob} that
     also holds the reference's token (vLLM's prompt_logprobs). Unknown reference top-k tokens get the smallest
-    known log-probability of that position (an upper bound of theirs)."""
-    if len(positions) != len(trace):
+    known log-probability of that position (an upper bound of theirs). Fewer positions than the answer has (at least
+    one): the answer's first ones were scored (an engine that needs room for a generated token beyond
+    max_model_len drops the last), and `measure` compares that prefix."""
+    if not 1 <= len(positions) <= len(trace):
         raise DivergenceError(f"the reference's answer has {len(trace)} tokens; the candidate scored "
                               f"{len(positions)} positions")
+    trace = trace.prefix(len(positions))
     token_lp = np.empty(len(trace), np.float32)
     argmax = np.empty(len(trace), np.int64)
     ref_top = np.empty(trace.top_ids.shape, np.float32)
@@ -200,6 +207,8 @@ def measure(trace: TokenTrace, forced: ForcedScores) -> SampleDivergence:
     """One sample's divergence of the candidate from the reference."""
     if len(trace) == 0:
         return SampleDivergence(0.0, 0.0, 1.0, 0, "exact" if forced.exact else "topk")
+    if 1 <= len(forced.token_logprobs) < len(trace):  # a prefix scored (forced_from_topk)
+        trace = trace.prefix(len(forced.token_logprobs))
     if len(forced.token_logprobs) != len(trace):
         raise DivergenceError(f"the reference's answer has {len(trace)} tokens, the candidate's scores "
                               f"{len(forced.token_logprobs)}")

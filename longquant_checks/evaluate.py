@@ -273,8 +273,8 @@ def _root_cause(exc: BaseException, lines: int = 12) -> str:
     """The error's own message, at most `lines` lines (a worker's traceback tail is in it), with its type."""
     text = str(exc).strip() or repr(exc)
     kept = text.splitlines()
-    if len(kept) > lines:
-        kept = ["..."] + kept[-lines:]
+    if len(kept) > lines:  # the headline (an engine puts its cause there) and the tail (a traceback's end)
+        kept = kept[:3] + ["..."] + kept[-(lines - 3):]
     return f"{type(exc).__name__}: " + "\n".join(kept)
 
 

@@ -123,9 +123,11 @@ def test_report_writes_markdown_html_and_versioned_json(runs):
     assert json.loads((REPO / "docs" / "report.schema.json").read_text()) == report_json_schema()
     (cand,) = report.candidates
     assert cand.verdict == "fail" and cand.failing >= 1 and cand.precision == "4-bit"
-    cells = [t for t in cand.tests if t.level == "cell"]
+    cells = [t for t in cand.tests if t.level == "cell" and t.signal == "accuracy"]
     assert len(cells) == 4 and all(t.ci_low is not None and t.ci_low <= t.delta <= t.ci_high for t in cells)
-    assert {t.level for t in cand.tests} == {"cell", "language", "bucket", "aggregate"}
+    assert {t.level for t in cand.tests} == {"cell", "language", "bucket", "aggregate", "trend"}
+    kl = [t for t in cand.tests if t.signal == "kl"]
+    assert kl and all(t.unit.startswith("nats/token KL") for t in kl)
     drop = report.largest_drops[0]
     sample = drop.samples[0]
     assert sample.expected and sample.reference_answer is not None and sample.prompt_head and sample.prompt_tail

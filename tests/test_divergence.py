@@ -161,3 +161,18 @@ def test_length_trend_recovers_a_slope_per_doubling_and_fails_on_a_steep_one():
     assert v_steep.cell_id == "trend:t" and "per doubling" in v_steep.unit
     with pytest.raises(gate.GateInputError, match="two buckets"):
         length_trend("c", "t", [("1K", [0.1]), ("1K", [0.2])], tol)
+
+
+def test_a_scored_prefix_is_compared_with_the_same_prefix():
+    """vLLM drops the answer's last token where prompt + answer fill max_model_len: the divergence is over the
+    positions scored, never over a mismatched alignment, and never 0 by default."""
+    rng = np.random.default_rng(9)
+    ref = _log_softmax(4 * rng.normal(size=(6, 40)))
+    cand = _log_softmax(ref + rng.normal(size=ref.shape))
+    trace = trace_from_logprobs(ref.argmax(axis=1), ref, k=40)
+    rows = [{int(i): float(cand[t, i]) for i in range(40)} for t in range(5)]
+    d = measure(trace, forced_from_topk(trace, rows))
+    assert d.tokens == 5
+    assert d.kl == pytest.approx(measure(trace.prefix(5), forced_from_logprobs(trace.prefix(5), cand[:5])).kl)
+    with pytest.raises(DivergenceError):
+        forced_from_topk(trace, [])

@@ -146,7 +146,7 @@ def test_vllm_divergence_matches_transformers_exact_one(demo_path, samples, dama
     from longquant_checks.engines.base import Scoring
 
     task, batch = samples
-    batch = batch[:2]
+    batch = batch[:1]  # CI's time: two vLLM starts dominate
     with open_engine("vllm", str(demo_path), max_model_len=4096, dtype="float32") as engine:
         traced = dict(engine.stream(batch, Scoring(top_k=20)))
         traces = {batch[i].id: o.trace for i, o in traced.items()}

@@ -96,7 +96,13 @@ class _Runner:
             self.engine.add_request(str(position), TokensPrompt(prompt_token_ids=ids.tolist()), params)
             self._parts[position] = {"left": 1, "n_prompt": len(ids)}
             if scoring and scoring.get("forced") is not None:
-                forced = list(scoring["forced"])
+                # The request generates one token, so prompt + answer must leave room for it within max_model_len:
+                # where the answer ran to its budget in a bucket as long as the model, its last token goes unscored.
+                room = self.max_model_len - 1 - len(ids)
+                if room < 1:
+                    raise ValueError(f"prompt of {len(ids)} tokens leaves no room to score an answer within "
+                                     f"max_model_len {self.max_model_len}")
+                forced = list(scoring["forced"])[:room]
                 params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=int(scoring.get("k", 20)),
                                         detokenize=False, output_kind=RequestOutputKind.FINAL_ONLY)
                 self.engine.add_request(f"{position}.f", TokensPrompt(prompt_token_ids=ids.tolist() + forced), params)
