@@ -276,8 +276,9 @@ class GateRun:
         return self._outcomes[case]
 
     def family(self, name: str) -> Family:
-        return Family(tuple(c.cell for c in self.cases()
-                            if c.checkpoint == name and c.level == "cell" and c.not_gated is None))
+        return Family(tuple(c.cell for c in self.cases()  # each cell once (its divergence case is the same cell)
+                            if c.checkpoint == name and c.level == "cell" and c.signal == "accuracy"
+                            and c.not_gated is None))
 
     def _baseline(self, name: str, cell: Cell, ran: dict) -> BaselineChoice:
         setup = self.baseline_setup_for(name)
