@@ -43,7 +43,8 @@ def parser() -> argparse.ArgumentParser:
     _gate_args(baseline)
     baseline.add_argument("--mode", default="missing", choices=["missing", "failed", "all"],
                           help="missing: only cells without one; failed: missing or mismatched; all: every selected cell")
-    demo = sub.add_parser("demo", help="the embedded default gate: demo reference and three CPU candidates",
+    demo = sub.add_parser("demo", help="the embedded default gate: demo reference, an 8-bit and a 4-bit CPU "
+                                       "candidate, both signals",
                           epilog=_EPILOG)
     demo.add_argument("-n", "--workers", help="pytest-xdist workers")
     demo.add_argument("pytest_args", nargs=argparse.REMAINDER, help="after --: passed to pytest")
