@@ -20,7 +20,7 @@ from .checkpoints.info import context_length, yarn_overrides
 from .checkpoints.recipes import get_recipe
 from .checkpoints.resolve import ResolvedCheckpoint
 from .config import Config, ConfigError, prompt_style
-from .engines import gpus_needed, resolve_device, visible_gpus
+from .engines import divergence_unavailable, gpus_needed, resolve_device, visible_gpus
 from .errors import LongquantError
 from .evaluate import CheckpointRunner, RunnerPool
 from .lineup import REFERENCE, Lineup
@@ -238,8 +238,11 @@ class GateRun:
         label = setup.label()
         if label not in self._policies:
             store = BaselineStore(self.baseline_root, self.config.reference_name, label)
+            # Traces are required where the reference's engine can make them; elsewhere (an OpenAI-compatible server)
+            # the divergence cases are not gated, said per cell, and the accuracy baselines stand alone.
+            traces = self.config.gate.divergence.enabled and divergence_unavailable(setup.kind) is None
             self._policies[label] = BaselinePolicy(store, setup.baseline_setup(), self.update, self.limited,
-                                                   self.commands.refresh, traces=self.config.gate.divergence.enabled)
+                                                   self.commands.refresh, traces=traces)
         return self._policies[label]
 
     @property
@@ -372,8 +375,8 @@ class GateRun:
                 continue
             missing = [s.id for s in result.samples if s.divergence is None]
             if missing:
-                why = result.divergence_unavailable or (f"{len(missing)} of {len(result.samples)} samples have no "
-                                                        "divergence measured")
+                why = (result.divergence_unavailable or divergence_unavailable(result.engine.get("kind", "hf"))
+                       or f"{len(missing)} of {len(result.samples)} samples have no divergence measured")
                 self._outcomes[c] = Outcome(c, not_gated=NotGated("no-logprobs", f"{name} {c.cell.id}: {why}"),
                                             **details[c])
                 continue

@@ -176,3 +176,10 @@ def test_a_scored_prefix_is_compared_with_the_same_prefix():
     assert d.kl == pytest.approx(measure(trace.prefix(5), forced_from_logprobs(trace.prefix(5), cand[:5])).kl)
     with pytest.raises(DivergenceError):
         forced_from_topk(trace, [])
+
+
+def test_which_engines_measure_the_divergence_is_known_without_opening_one():
+    from longquant_checks.engines import divergence_unavailable
+
+    assert divergence_unavailable("hf") is None and divergence_unavailable("vllm") is None
+    assert "log-probabilities" in divergence_unavailable("openai")

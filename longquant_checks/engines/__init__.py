@@ -31,6 +31,14 @@ def open_engine(kind: str, model_path: str, recipe: str | None = None, device: s
     return getattr(import_module(module), cls)(model_path, device=device, **settings)
 
 
+def divergence_unavailable(kind: str) -> str | None:
+    """Why engine `kind` cannot measure the divergence signal (None: it can), known without opening one."""
+    if kind not in _BACKENDS:
+        raise UnknownValueError("engine", kind, list(_BACKENDS))
+    module, cls = _BACKENDS[kind]
+    return getattr(import_module(module), cls).divergence_unavailable
+
+
 def resolve_device(device: str) -> str:
     """`auto` -> cuda where torch sees a GPU, else cpu (the only place outside an engine that asks torch)."""
     if device != "auto":
