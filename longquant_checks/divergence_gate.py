@@ -19,7 +19,8 @@ the sum of theirs over k^2, with Welch-Satterthwaite degrees of freedom.
 Length trend, per candidate and task: the slope of a per-sample quantity (a divergence, or the accuracy drop
 reference - candidate in points) against log2 of the bucket, by least squares over the cells' means (each cell
 weighs the same), i.e. the change per doubling of the input, with the same t machinery (H0: slope <= T). It needs
-two buckets.
+two buckets. The tests are exact computations: `seed` and `n_resamples` are accepted (and checked) so that calls
+read like gate.py's, and change nothing.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def _mdd(se: float, df: float, alpha: float) -> float:
 
 
 def _verdict(candidate: str, cell_id: str, level: str, group: str, cells: Sequence[np.ndarray], tolerance: gate.Tolerance,
-             signal: str, mode: str, alpha: float, seed: int, n_resamples: int, what: str) -> gate.Verdict:
+             signal: str, mode: str, alpha: float, n_resamples: int, what: str) -> gate.Verdict:
     gate._check_settings(mode, alpha, n_resamples)
     k = len(cells)
     observed, se, df = _weighted_t([1 / k] * k, cells)
@@ -112,7 +113,7 @@ def compare_divergence(candidate: str, cell_id: str, values: Any, tolerance: gat
     if signal not in UNITS or signal == "accuracy":
         raise UnknownValueError("divergence signal", signal, ("kl", "nll", "top1"))
     where = f"cell {cell_id} (candidate {candidate})"
-    return _verdict(candidate, cell_id, "cell", "", [_values(values, where)], tolerance, signal, mode, alpha, seed,
+    return _verdict(candidate, cell_id, "cell", "", [_values(values, where)], tolerance, signal, mode, alpha,
                     n_resamples, where)
 
 
@@ -131,7 +132,7 @@ def gate_divergence(candidate: str, cells: Sequence[tuple[str, Any, str, Any]],
     shares = gate.alpha_shares(keys)
     out = []
     verdicts = [_verdict(candidate, f"{t}-{bucket_label(b)}-{lang}", "cell", "", [v], tolerances_by_level["cell"],
-                         signal, mode, alpha, gate._sub_seed(seed, "kl-cell", t, str(b), lang), n_resamples,
+                         signal, mode, alpha, n_resamples,
                          f"cell {t}-{bucket_label(b)}-{lang}") for t, b, lang, v in given]
     out += gate.decide(verdicts, alpha, family_size=len(keys), alpha_share=shares["cell"], correction=correction)
     for level in ("language", "bucket"):
@@ -144,11 +145,11 @@ def gate_divergence(candidate: str, cells: Sequence[tuple[str, Any, str, Any]],
             if members:
                 level_verdicts.append(_verdict(candidate, gate.level_id(level, g), level, g, members,
                                                tolerances_by_level[level], signal, mode, alpha,
-                                               gate._sub_seed(seed, "kl", level, g), n_resamples, f"{level} {g}"))
+                                               n_resamples, f"{level} {g}"))
         out += gate.decide(level_verdicts, alpha, family_size=len(groups), alpha_share=shares[level],
                            correction=correction)
     agg = _verdict(candidate, "ALL", "aggregate", "", [v for *_, v in given], tolerances_by_level["aggregate"],
-                   signal, mode, alpha, gate._sub_seed(seed, "kl", "ALL"), n_resamples, "the average")
+                   signal, mode, alpha, n_resamples, "the average")
     return out + gate.decide([agg], alpha, alpha_share=shares["aggregate"], correction=correction)
 
 
